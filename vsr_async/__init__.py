@@ -1,0 +1,45 @@
+"""An async client for the video super-resolution (VSR) task API, on asyncio and trio."""
+
+from ._client import AsyncVSRClient
+from ._config import VERSION as __version__  # noqa: N811
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseValidationError,
+    ServerError,
+    TaskFailedError,
+    TaskNotFoundError,
+    VSRError,
+    WaitTimeoutError,
+)
+from ._models import Model, Task, TaskError, TaskStatus
+from ._watch import Transition, Watcher
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncVSRClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Model",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseValidationError",
+    "ServerError",
+    "Task",
+    "TaskError",
+    "TaskFailedError",
+    "TaskNotFoundError",
+    "TaskStatus",
+    "Transition",
+    "VSRError",
+    "WaitTimeoutError",
+    "Watcher",
+    "__version__",
+]

@@ -1,0 +1,299 @@
+"""`AsyncVSRClient`: one shared ``httpx.AsyncClient``, typed calls, retries."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from ._config import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_INTERVAL,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WAIT_TIMEOUT,
+    USER_AGENT,
+)
+from ._converter import parse_task
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    TaskFailedError,
+    VSRError,
+    WaitTimeoutError,
+)
+from ._models import Model, Task, TaskStatus
+from ._retry import is_transient, retry_delay
+from ._validate import (
+    check_base_url,
+    check_count,
+    check_http_url,
+    check_model,
+    check_seconds,
+    check_task_id,
+)
+from ._watch import Watcher
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
+
+    from ._watch import Transition
+
+logger = logging.getLogger("vsr_async")
+
+#: Errors raised before the request left us: safe to retry even for a billed create.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class AsyncVSRClient:
+    """A client for the VSR API, sharing one ``httpx.AsyncClient`` between all its calls.
+
+    Open one per application (in a web app, in its lifespan) and share it::
+
+        async with AsyncVSRClient() as client:
+            task = await client.create_task(url, model=Model.SUPER_RESOLUTION_1080P_LOWFPS)
+            task = await client.wait(task.id)
+
+    Args:
+        api_key: The Bearer key; defaults to ``$VSR_API_KEY``. Never shown in reprs,
+            logs or errors.
+        base_url: The API's root; defaults to ``$VSR_BASE_URL``, then the provider's URL.
+        timeout: Per request, seconds or an ``httpx.Timeout``.
+        max_retries: Retries of a failed query (connection errors, timeouts, 429, 5xx).
+            A create is retried only when the request never left (connect errors).
+        max_connections: Requests in flight at once; the size of the pool we create.
+        http_client: An ``httpx.AsyncClient`` to send through; its hooks and settings
+            apply, and we never close it.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        if not api_key.strip():
+            raise ValueError(f"no API key: pass api_key= or set the {API_KEY_ENV} variable")
+        self.base_url = check_base_url(base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
+        self.max_retries = check_count("max_retries", max_retries, minimum=0)
+        self.max_connections = check_count("max_connections", max_connections, minimum=1)
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self._owns_http_client = http_client is None
+        if http_client is None:
+            limits = httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            )
+            http_client = httpx.AsyncClient(timeout=self._timeout, limits=limits)
+        self._http = http_client
+        # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
+        self._limiter = anyio.CapacityLimiter(max_connections)
+        self._closed = False
+        self._unknown_statuses: set[str] = set()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<AsyncVSRClient base_url={self.base_url!r} {state}>"
+
+    async def __aenter__(self) -> AsyncVSRClient:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections, unless the ``http_client`` was the caller's. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            if self._owns_http_client:
+                await self._http.aclose()
+
+    async def get_task(self, task_id: str) -> Task:
+        """Query a task once, retrying transient failures.
+
+        Raises:
+            ValueError: ``task_id`` is not a valid ID.
+            TaskNotFoundError: No task has this ID.
+            VSRError: Any other failure (see the exception tree).
+        """
+        url = self._task_url(check_task_id(task_id))
+        for attempt in range(self.max_retries + 1):
+            try:
+                return await self._fetch_task(url)
+            except VSRError as exc:
+                if attempt == self.max_retries or not is_transient(exc):
+                    raise
+                await self._sleep_before_retry(exc, attempt, f"GET {url}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def create_task(self, video_url: str, *, model: Model | str) -> Task:
+        """Create a task enhancing ``video_url`` with ``model``.
+
+        The create is billed and has no idempotency key, so it is retried only when the
+        request never reached the server (connect errors), never after a timeout or a 5xx.
+
+        Args:
+            video_url: A public ``http(s)`` URL of the input video.
+            model: A `Model`, or the model's name as a string (for models newer than this
+                library).
+
+        Raises:
+            ValueError: ``video_url`` or ``model`` is malformed.
+            BadRequestError: The API refused them.
+            VSRError: Any other failure.
+        """
+        check_http_url("video_url", video_url)
+        body = {"model": check_model(model), "videoUrl": video_url}
+        url = f"{self.base_url}/v1/super-resolution/videos"
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = await self._send("POST", url, json=body)
+            except APIConnectionError as exc:
+                if attempt == self.max_retries or not isinstance(exc.__cause__, _NOT_SENT):
+                    raise
+                await self._sleep_before_retry(exc, attempt, f"POST {url}")
+            else:
+                return self._parse(response, status=TaskStatus.QUEUED)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,  # noqa: ASYNC109 (a deadline, by design)
+        raise_on_failure: bool = True,
+    ) -> Task:
+        """Poll a task until it is ``completed`` or ``failed``, and return it.
+
+        Transient failures are retried with backoff until the deadline.
+
+        Args:
+            task_id: The task to wait for.
+            interval: Seconds between polls (with a little jitter).
+            timeout: Seconds before giving up (30 minutes by default); ``None`` waits forever.
+            raise_on_failure: Raise `TaskFailedError` if the task fails, else return it.
+
+        Raises:
+            TaskFailedError: The task failed (and ``raise_on_failure`` is true).
+            WaitTimeoutError: ``timeout`` passed first; carries the last task seen.
+            TaskNotFoundError: No task has this ID.
+            VSRError: A failure that is not transient (an authentication error, say).
+        """
+        task_id = check_task_id(task_id)
+        deadline = math.inf if timeout is None else check_seconds("timeout", timeout, finite=False)
+        last: Transition | None = None
+        with anyio.move_on_after(deadline):
+            async with self.watch([task_id], interval=interval, max_concurrency=1) as watcher:
+                async for last in watcher:  # noqa: B007 (the last one is the answer)
+                    pass
+        if last is None or not last.is_final:
+            raise WaitTimeoutError(task_id, deadline, None if last is None else last.task)
+        if last.error is not None:
+            raise last.error
+        assert last.task is not None  # noqa: S101 (a final transition without error has a task)
+        if raise_on_failure and last.task.status is TaskStatus.FAILED:
+            raise TaskFailedError(last.task)
+        return last.task
+
+    def watch(
+        self,
+        task_ids: Iterable[str] = (),
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+        keep_open: bool = False,
+    ) -> Watcher:
+        """Watch many tasks at once; yields each task's `Transition`s until it ends.
+
+        Use it as an async context manager, then iterate::
+
+            async with client.watch(ids) as transitions:
+                async for t in transitions:
+                    print(t.task_id, t.previous, "->", t.status)
+
+        Args:
+            task_ids: The tasks to watch; more can come with `Watcher.add`.
+            interval: Seconds between two polls of one task (with a little jitter).
+            timeout: Seconds after which a task still running is given up (its last
+                transition carries a `WaitTimeoutError`); ``None`` never gives up.
+            max_concurrency: Polls in flight at once; defaults to ``max_connections``.
+            keep_open: Keep watching, even with nothing left, until `Watcher.done_adding`.
+
+        Raises:
+            ValueError: An ID or an argument is invalid (before anything is sent).
+        """
+        return Watcher(
+            self,
+            task_ids,
+            interval=interval,
+            timeout=timeout,
+            max_concurrency=self.max_connections if max_concurrency is None else max_concurrency,
+            keep_open=keep_open,
+        )
+
+    # The single-attempt layer: the watcher calls these and schedules its own retries.
+
+    def _task_url(self, task_id: str) -> str:
+        return f"{self.base_url}/v1/result/{quote(task_id, safe='')}"
+
+    async def _fetch_task(self, url: str) -> Task:
+        return self._parse(await self._send("GET", url))
+
+    async def _send(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
+        self._check_open()
+        request = self._http.build_request(
+            method, url, headers=self._headers, json=json, timeout=self._timeout
+        )
+        try:
+            async with self._limiter:
+                response = await self._http.send(request)
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(f"{method} {url} timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            raise APIStatusError.from_response(response)
+        return response
+
+    def _parse(self, response: httpx.Response, **defaults: Any) -> Task:
+        task = parse_task(response.content, **defaults)
+        if not isinstance(task.status, TaskStatus) and task.status not in self._unknown_statuses:
+            self._unknown_statuses.add(task.status)
+            logger.warning("unknown task status %r: treated as still running", task.status)
+        return task
+
+    async def _sleep_before_retry(self, exc: VSRError, attempt: int, what: str) -> None:
+        delay = retry_delay(exc, attempt)
+        logger.warning("%s: retry %d in %.2f s after %s", what, attempt + 1, delay, exc)
+        await anyio.sleep(delay)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this AsyncVSRClient is closed; open a new one")

@@ -1,0 +1,39 @@
+"""Defaults, as named constants. Everything the library does without being told lives here."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import httpx
+
+VERSION = version("vsr-async")
+USER_AGENT = f"vsr-async/{VERSION}"
+
+DEFAULT_BASE_URL = "https://zcbservice.aizfw.cn/kyyReactApiServer"
+API_KEY_ENV = "VSR_API_KEY"
+BASE_URL_ENV = "VSR_BASE_URL"
+
+#: Per request: 10 s to connect, 30 s for each read, write and pool wait.
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+#: Retries of one request after its first attempt (queries; creates only on connect errors).
+DEFAULT_MAX_RETRIES = 3
+#: Requests in flight at once, and the size of the connection pool we create.
+DEFAULT_MAX_CONNECTIONS = 10
+
+#: The provider recommends polling every 5-10 s.
+DEFAULT_INTERVAL = 5.0
+#: Each poll is scheduled ``interval * (1 ± JITTER)`` after the last, so watchers drift apart.
+JITTER = 0.1
+#: `wait()` gives up after 30 minutes unless told otherwise; ``timeout=None`` waits forever.
+DEFAULT_WAIT_TIMEOUT = 30 * 60.0
+
+#: Capped exponential backoff between retries: 0.5 s, 1 s, 2 s, ... up to 8 s, with full jitter.
+BACKOFF_FACTOR = 0.5
+BACKOFF_MAX = 8.0
+#: A ``Retry-After`` longer than this is not slept through by a request: it raises `RateLimitError`.
+MAX_RETRY_AFTER = 60.0
+#: Consecutive unreadable answers for one task before a watch gives that task up.
+MAX_MALFORMED = 3
+
+#: How much of an unreadable body an error message quotes.
+SNIPPET_LENGTH = 200

@@ -1,0 +1,189 @@
+"""The exceptions the library raises. Catch `VSRError` for all of them::
+
+    VSRError
+    ├── APIConnectionError          no answer: connect error, dropped connection
+    │   └── APITimeoutError         no answer in time
+    ├── APIStatusError              the server answered with an error status
+    │   ├── BadRequestError         400
+    │   ├── AuthenticationError     401
+    │   ├── PermissionDeniedError   403
+    │   ├── TaskNotFoundError       404
+    │   ├── RateLimitError          429 (and a Retry-After too long to wait)
+    │   └── ServerError             5xx
+    ├── ResponseValidationError     a success answer that is not a task
+    ├── TaskFailedError             the task ended ``failed``
+    └── WaitTimeoutError            the deadline passed before the task ended
+
+Misuse (an invalid task ID, a closed client) raises `ValueError` or `RuntimeError`, outside
+this tree. No message here ever contains the API key: errors keep the method, the URL and the
+status, never the request's headers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+from ._config import SNIPPET_LENGTH
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ._models import Task
+
+
+class VSRError(Exception):
+    """The root of every error the API or a task can cause."""
+
+
+class APIConnectionError(VSRError):
+    """The request got no answer: the connection failed or was dropped."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request got no answer in time."""
+
+
+class APIStatusError(VSRError):
+    """The server answered with an error status.
+
+    Attributes:
+        status_code: The HTTP status.
+        message: The server's ``message``, or the reason phrase.
+        request_id: The ``x-request-id`` header, if the server sent one: quote it to support.
+        retry_after: The server's ``Retry-After`` in seconds, if any.
+        body: The parsed JSON body, or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.body = body
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> APIStatusError:
+        """Build the right subclass for an error response, parsing its body once."""
+        body = _json_or_none(response)
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, str) or not message:
+            message = response.reason_phrase or "error"
+        request = response.request
+        error_class = _STATUS_ERRORS.get(response.status_code)
+        if error_class is None:
+            error_class = ServerError if response.status_code >= 500 else APIStatusError
+        return error_class(
+            f"{request.method} {request.url} returned {response.status_code}: {message}",
+            status_code=response.status_code,
+            request_id=response.headers.get("x-request-id"),
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            body=body,
+        )
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was invalid (an unknown model, a bad video URL)."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing, wrong or revoked."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key may not do this."""
+
+
+class TaskNotFoundError(APIStatusError):
+    """404: no task has this ID."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests. ``retry_after`` says how long the server asked us to wait."""
+
+
+class ServerError(APIStatusError):
+    """5xx: the server failed. Queries retry these; creates never do (it could duplicate)."""
+
+
+class ResponseValidationError(VSRError):
+    """A success answer that is not a task: not JSON, an HTML page, missing or mistyped fields.
+
+    Attributes:
+        snippet: The start of the body, for the log.
+    """
+
+    def __init__(self, message: str, *, snippet: str) -> None:
+        super().__init__(f"{message}; body starts: {snippet!r}")
+        self.snippet = snippet
+
+    @classmethod
+    def from_body(cls, reason: str, content: bytes) -> ResponseValidationError:
+        """Build one for ``content``, quoting its start."""
+        return cls(reason, snippet=content[:SNIPPET_LENGTH].decode("utf-8", "replace"))
+
+
+class TaskFailedError(VSRError):
+    """The task ended ``failed``. ``task`` is its final snapshot, ``task.error`` says why."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(f"task {task.id!r} failed: {task.error or 'no reason given'}")
+        self.task = task
+
+
+class WaitTimeoutError(VSRError, TimeoutError):
+    """The deadline passed before the task ended. ``task`` is the last snapshot seen, if any."""
+
+    def __init__(self, task_id: str, timeout: float, task: Task | None) -> None:
+        last = "never answered" if task is None else f"last seen {task.status}"
+        super().__init__(f"task {task_id!r} did not finish within {timeout:g} s ({last})")
+        self.task_id = task_id
+        self.timeout = timeout
+        self.task = task
+
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: TaskNotFoundError,
+    429: RateLimitError,
+}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or ``None``."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        return None

@@ -1,0 +1,102 @@
+"""Checks of the caller's input, done before anything is sent. Misuse raises `ValueError`
+(or `TypeError` for a value of the wrong type), naming the argument and what was expected."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import warnings
+
+import httpx
+
+from ._models import Model
+
+_MAX_ID_LENGTH = 512
+
+
+def check_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it can be one path segment of the query URL."""
+    if not isinstance(task_id, str):
+        raise TypeError(f"a task ID must be a string, got {type(task_id).__name__}")
+    problem = None
+    if not task_id.strip():
+        problem = "is empty"
+    elif task_id in (".", ".."):
+        problem = "would change the URL's path"
+    elif "/" in task_id or "\\" in task_id:
+        problem = "contains '/' or '\\'"
+    elif task_id != task_id.strip():
+        problem = "has leading or trailing whitespace"
+    elif not task_id.isprintable():
+        problem = "contains control characters"
+    elif len(task_id) > _MAX_ID_LENGTH:
+        problem = f"is longer than {_MAX_ID_LENGTH} characters"
+    if problem:
+        raise ValueError(f"invalid task ID {task_id[:80]!r}: it {problem}")
+    return task_id
+
+
+def check_seconds(name: str, value: object, *, finite: bool = True) -> float:
+    """Return ``value`` if it is a positive number of seconds (and finite, if asked)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not (value > 0 and (math.isfinite(value) or not finite)):
+        kind = "positive, finite" if finite else "positive"
+        raise ValueError(f"{name} must be a {kind} number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: object, *, minimum: int) -> int:
+    """Return ``value`` if it is an integer of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_model(model: object) -> str:
+    """Return the wire name of a `Model` or of a model given as a string."""
+    if isinstance(model, Model):
+        return model.value
+    if not isinstance(model, str) or not model.strip() or model != model.strip():
+        example = Model.SUPER_RESOLUTION_1080P_LOWFPS.value
+        raise ValueError(f"model must be a Model or a model name like {example!r}, got {model!r}")
+    return model
+
+
+def check_http_url(name: str, url: object) -> httpx.URL:
+    """Parse ``url``, which must be an absolute ``http(s)`` URL."""
+    if not isinstance(url, str):
+        raise TypeError(f"{name} must be a string, got {type(url).__name__}")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"{name} {url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{name} must be an http:// or https:// URL, got {url!r}")
+    return parsed
+
+
+def check_base_url(url: object) -> str:
+    """Return the API's root without its trailing slash; warn when the key would go unencrypted."""
+    parsed = check_http_url("base_url", url)
+    if parsed.userinfo:
+        raise ValueError("base_url must not contain credentials: pass the key as api_key")
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"base_url must not have a query or a fragment, got {url!r}")
+    if parsed.scheme == "http" and not _is_loopback(parsed.host):
+        warnings.warn(
+            f"base_url {url!r} is plain http: the API key would cross the network unencrypted",
+            stacklevel=3,
+        )
+    return str(url).rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

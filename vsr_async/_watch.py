@@ -1,0 +1,312 @@
+"""Watching many tasks at once: a due-time heap feeding a bounded set of workers.
+
+A watched task is a small record in a heap ordered by when it is next due, not a coroutine:
+one dispatcher pops due records and hands them to ``max_concurrency`` workers, which poll
+once, report a `Transition` when the status changed, and push the record back. So memory
+grows by a few hundred bytes per task, and a 429 pauses every poller at once (one shared
+not-before time) instead of each finding out for itself.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import random
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+
+from ._config import JITTER, MAX_MALFORMED, MAX_RETRY_AFTER
+from ._errors import (
+    APIStatusError,
+    AuthenticationError,
+    PermissionDeniedError,
+    ResponseValidationError,
+    VSRError,
+    WaitTimeoutError,
+)
+from ._retry import asks_to_slow_down, backoff_delay, is_transient
+from ._validate import check_count, check_seconds, check_task_id
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from ._client import AsyncVSRClient
+    from ._models import Task, TaskStatus
+
+logger = logging.getLogger("vsr_async")
+
+
+@attrs.frozen
+class Transition:
+    """A change seen by a watch: a task's first sighting, a status change, or its end.
+
+    ``error`` is set when the watch gave the task up (not found, unreadable answers, past its
+    timeout); ``task`` is then the last snapshot seen, if any.
+    """
+
+    task_id: str
+    previous: TaskStatus | str | None
+    task: Task | None
+    error: VSRError | None = None
+
+    @property
+    def status(self) -> TaskStatus | str | None:
+        """The task's status after this transition (``None`` if it was never seen)."""
+        return None if self.task is None else self.task.status
+
+    @property
+    def is_final(self) -> bool:
+        """Whether this is the task's last transition in this watch."""
+        return self.error is not None or (self.task is not None and self.task.is_terminal)
+
+
+@attrs.define
+class _Watched:
+    """One watched task: all a watch keeps per ID."""
+
+    task_id: str
+    deadline: float
+    task: Task | None = None
+    failures: int = 0  # consecutive transient failures
+    malformed: int = 0  # consecutive unreadable answers
+
+
+class Watcher:
+    """Watches tasks concurrently and yields their `Transition`s; made by `AsyncVSRClient.watch`.
+
+    Each status change of each task is yielded once, in order: its first sighting, every
+    change, and its end (terminal status, or an error when given up). The iteration ends when
+    every task has ended (and, with ``keep_open``, `done_adding` was called). Leaving the
+    ``async with`` block stops every poller at once.
+    """
+
+    def __init__(
+        self,
+        client: AsyncVSRClient,
+        task_ids: Iterable[str],
+        *,
+        interval: float,
+        timeout: float | None,
+        max_concurrency: int,
+        keep_open: bool,
+    ) -> None:
+        if isinstance(task_ids, str):
+            raise TypeError("task_ids must be an iterable of IDs, not one string")
+        self._initial = [check_task_id(task_id) for task_id in task_ids]
+        self._client = client
+        self._interval = check_seconds("interval", interval)
+        self._timeout = (
+            math.inf if timeout is None else check_seconds("timeout", timeout, finite=False)
+        )
+        self._max_concurrency = check_count("max_concurrency", max_concurrency, minimum=1)
+        self._keep_open = keep_open
+        self._watched: dict[str, _Watched] = {}
+        self._due: list[tuple[float, int, _Watched]] = []
+        self._order = itertools.count()  # ties in the heap go to the first scheduled
+        self._not_before = -math.inf  # the shared pause after a 429
+        self._stopping = False
+        self._started = False
+        self._changed: anyio.Event | None = None
+        self._task_group: TaskGroup | None = None
+        self._transitions: MemoryObjectReceiveStream[Transition | VSRError] | None = None
+
+    # The consumer's side.
+
+    async def __aenter__(self) -> Watcher:
+        if self._started:
+            raise RuntimeError("a Watcher can be entered only once")
+        self._started = True
+        self._changed = anyio.Event()
+        send, self._transitions = anyio.create_memory_object_stream[Transition | VSRError](
+            self._max_concurrency
+        )
+        jobs_in, jobs_out = anyio.create_memory_object_stream[_Watched]()
+        for task_id in self._initial:
+            self.add(task_id)
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        async with send, jobs_out:
+            for _ in range(self._max_concurrency):
+                self._task_group.start_soon(self._work, jobs_out.clone(), send.clone())
+            self._task_group.start_soon(self._dispatch, jobs_in, send.clone())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._task_group is not None  # noqa: S101
+        assert self._transitions is not None  # noqa: S101
+        self._stopping = True
+        self._task_group.cancel_scope.cancel()
+        # The body's exception is not the task group's business: passing it in would wrap it
+        # in an ExceptionGroup. Our tasks raise nothing but cancellation.
+        await self._task_group.__aexit__(None, None, None)
+        self._transitions.close()
+
+    def __aiter__(self) -> Watcher:
+        return self
+
+    async def __anext__(self) -> Transition:
+        if self._transitions is None:
+            raise RuntimeError("use the Watcher in `async with client.watch(...)` first")
+        try:
+            item = await self._transitions.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        if isinstance(item, VSRError):  # an error that ends the whole watch
+            raise item
+        return item
+
+    def add(self, task_id: str) -> None:
+        """Watch one more task; a task already watched is ignored.
+
+        Raises:
+            ValueError: ``task_id`` is invalid.
+            RuntimeError: This watch has ended.
+        """
+        task_id = check_task_id(task_id)
+        if not self._started:
+            self._initial.append(task_id)
+            return
+        if self._stopping:
+            raise RuntimeError("this watch has ended; add() needs a running watch")
+        if task_id not in self._watched:
+            now = anyio.current_time()
+            entry = _Watched(task_id, deadline=now + self._timeout)
+            self._watched[task_id] = entry
+            self._schedule(entry, now)
+
+    def done_adding(self) -> None:
+        """With ``keep_open=True``: no more tasks will come; end once every task has ended."""
+        self._keep_open = False
+        self._wake()
+
+    @property
+    def watching(self) -> int:
+        """How many tasks are being watched now."""
+        return len(self._watched)
+
+    # The workers' side.
+
+    async def _dispatch(
+        self,
+        jobs: MemoryObjectSendStream[_Watched],
+        send: MemoryObjectSendStream[Transition | VSRError],
+    ) -> None:
+        async with jobs, send:
+            while not self._stopping and (self._watched or self._keep_open):
+                now = anyio.current_time()
+                if self._due:
+                    due, _, entry = self._due[0]
+                    start = max(due, self._not_before)
+                    if start <= now:
+                        heapq.heappop(self._due)
+                        if now >= entry.deadline:
+                            error = WaitTimeoutError(entry.task_id, self._timeout, entry.task)
+                            transition = Transition(
+                                entry.task_id, _status(entry), entry.task, error
+                            )
+                            await self._end(entry, send, transition)
+                        else:
+                            await jobs.send(entry)
+                        continue
+                else:
+                    start = math.inf
+                with anyio.move_on_after(start - now):
+                    await self._wait_changed()
+            self._stopping = True
+
+    async def _work(
+        self,
+        jobs: MemoryObjectReceiveStream[_Watched],
+        send: MemoryObjectSendStream[Transition | VSRError],
+    ) -> None:
+        async with jobs, send:
+            async for entry in jobs:
+                await self._poll(entry, send)
+
+    async def _poll(
+        self, entry: _Watched, send: MemoryObjectSendStream[Transition | VSRError]
+    ) -> None:
+        try:
+            task = await self._client._fetch_task(self._client._task_url(entry.task_id))  # noqa: SLF001
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            self._stopping = True  # the key is bad for every task: end the whole watch with it
+            self._wake()
+            await send.send(exc)
+            return
+        except VSRError as exc:
+            if isinstance(exc, ResponseValidationError):
+                entry.malformed += 1
+                give_up = entry.malformed > MAX_MALFORMED
+            else:
+                give_up = not is_transient(exc)  # 404, 400...: this task only
+            if give_up:
+                await self._end(
+                    entry, send, Transition(entry.task_id, _status(entry), entry.task, exc)
+                )
+            else:
+                self._retry_later(entry, exc)
+            return
+        previous = _status(entry)
+        entry.task, entry.failures, entry.malformed = task, 0, 0
+        transition = Transition(entry.task_id, previous, task)
+        if task.is_terminal:
+            await self._end(entry, send, transition)
+            return
+        if task.status != previous:
+            await send.send(transition)
+        jitter = random.uniform(1 - JITTER, 1 + JITTER)
+        self._schedule(entry, anyio.current_time() + self._interval * jitter)
+
+    def _retry_later(self, entry: _Watched, exc: VSRError) -> None:
+        now = anyio.current_time()
+        retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
+        if retry_after is None:
+            delay = backoff_delay(entry.failures)
+        else:
+            delay = min(retry_after, MAX_RETRY_AFTER)
+        entry.failures += 1
+        if asks_to_slow_down(exc):
+            # The server asked us to slow down: every poller waits, not just this one.
+            self._not_before = max(self._not_before, now + delay)
+        logger.debug("polling %r failed (%s); again in %.2f s", entry.task_id, exc, delay)
+        self._schedule(entry, now + delay)
+
+    async def _end(
+        self,
+        entry: _Watched,
+        send: MemoryObjectSendStream[Transition | VSRError],
+        transition: Transition,
+    ) -> None:
+        del self._watched[entry.task_id]
+        self._wake()
+        await send.send(transition)
+
+    def _schedule(self, entry: _Watched, when: float) -> None:
+        heapq.heappush(self._due, (min(when, entry.deadline), next(self._order), entry))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _wait_changed(self) -> None:
+        assert self._changed is not None  # noqa: S101
+        await self._changed.wait()
+        self._changed = anyio.Event()
+
+
+def _status(entry: _Watched) -> TaskStatus | str | None:
+    return None if entry.task is None else entry.task.status
