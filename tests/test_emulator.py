@@ -1,0 +1,760 @@
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vsr_async.testing
+from vsr_async.testing import (
+    Emulator,
+    EmulatorServer,
+    EmulatorStats,
+    Faults,
+    RecordedRequest,
+    Timeline,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+pytestmark = pytest.mark.anyio
+
+PREFIX = "/kyyReactApiServer"
+CREATE = "/v1/super-resolution/videos"
+AUTH = {"Authorization": "Bearer emulator-key"}
+MODEL = "superResolution-1080p-lowfps"
+VIDEO_URL = "https://example.com/in.mp4"
+MODELS = [
+    f"superResolution-{tier}-{fps}"
+    for tier in ("720p", "1080p", "2k", "4k")
+    for fps in ("lowfps", "highfps")
+]
+
+
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.start = self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def at(self, elapsed: float) -> None:
+        self.now = self.start + elapsed
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def emulator(clock: FakeClock) -> Emulator:
+    return Emulator(seed=1, timeline=Timeline.completed(queued=0.5, processing=2.0), clock=clock)
+
+
+def in_process(emulator: Emulator, headers: dict[str, str] = AUTH) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=emulator),
+        base_url=f"http://emulator.test{emulator.prefix}",
+        headers=headers,
+    )
+
+
+@pytest.fixture
+async def client(emulator: Emulator) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(emulator) as client:
+        yield client
+
+
+async def create(client: httpx.AsyncClient) -> str:
+    response = await client.post(CREATE, json={"model": MODEL, "videoUrl": VIDEO_URL})
+    assert response.status_code == 200
+    return str(response.json()["id"])
+
+
+def quoted(task_id: str) -> str:
+    return urllib.parse.quote(task_id, safe="")
+
+
+# -- the API
+
+
+async def test_create_answers_a_queued_task(client: httpx.AsyncClient, emulator: Emulator):
+    """A valid create answers 200 with the new task, queued, in the documented shape."""
+    response = await client.post(CREATE, json={"model": MODEL, "videoUrl": VIDEO_URL})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-request-id"]
+    body = response.json()
+    assert re.fullmatch(r"task_[0-9a-f]{24}", body["id"])
+    assert body == {
+        "id": body["id"],
+        "object": "video",
+        "created": body["created"],
+        "status": "queued",
+    }
+    assert isinstance(body["created"], int)
+    assert abs(body["created"] - time.time()) < 60
+    assert emulator.task_ids == [body["id"]]
+
+
+async def test_create_accepts_every_documented_model(client: httpx.AsyncClient):
+    """All eight models of the provider's create page are accepted."""
+    for model in MODELS:
+        response = await client.post(CREATE, json={"model": model, "videoUrl": VIDEO_URL})
+        assert response.status_code == 200, model
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "named"),
+    [
+        pytest.param({"content": b"not json"}, "JSON", id="not-json"),
+        pytest.param({"json": [MODEL, VIDEO_URL]}, "JSON", id="not-an-object"),
+        pytest.param({"json": {"videoUrl": VIDEO_URL}}, "'model'", id="no-model"),
+        pytest.param({"json": {"model": 5, "videoUrl": VIDEO_URL}}, "'model'", id="model-number"),
+        pytest.param(
+            {"json": {"model": "superResolution-8k-lowfps", "videoUrl": VIDEO_URL}},
+            "'model'",
+            id="unknown-model",
+        ),
+        pytest.param({"json": {"model": MODEL}}, "'videoUrl'", id="no-video-url"),
+        pytest.param({"json": {"model": MODEL, "videoUrl": 5}}, "'videoUrl'", id="url-number"),
+        pytest.param(
+            {"json": {"model": MODEL, "videoUrl": "ftp://example.com/a.mp4"}},
+            "'videoUrl'",
+            id="url-not-http",
+        ),
+        pytest.param(
+            {"json": {"model": MODEL, "videoUrl": "https://"}}, "'videoUrl'", id="no-host"
+        ),
+    ],
+)
+async def test_create_rejects_bad_bodies(
+    client: httpx.AsyncClient, emulator: Emulator, request_kwargs: dict[str, Any], named: str
+):
+    """Each malformed create is a 400 whose message names what is wrong, and creates nothing."""
+    response = await client.post(CREATE, **request_kwargs)
+
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert named in response.json()["message"]
+    assert emulator.task_ids == []
+
+
+async def test_query_follows_the_timeline(
+    client: httpx.AsyncClient, emulator: Emulator, clock: FakeClock
+):
+    """Status moves queued → processing → completed at the timeline's times, boundaries included."""
+    task_id = await create(client)
+    seen = {}
+    for elapsed in (0.0, 0.25, 0.5, 2.25, 2.5, 1000.0):
+        clock.at(elapsed)
+        response = await client.get(f"/v1/result/{task_id}")
+        assert response.status_code == 200
+        seen[elapsed] = response.json()
+
+    statuses = [body["status"] for body in seen.values()]
+    assert statuses == ["queued", "queued", "processing", "processing", "completed", "completed"]
+    assert all("video_url" not in body and "error" not in body for body in list(seen.values())[:4])
+    done = seen[2.5]
+    assert done["video_url"] == f"http://emulator.test/files/{task_id}.mp4"
+    assert done["actualDuration"] == 12.0
+    assert emulator.status_of(task_id) == "completed"
+    assert emulator.terminal_at(task_id) == clock.start + 2.5
+
+
+@pytest.mark.parametrize(
+    "error", ["Video could not be decoded", {"code": "bad_input", "message": "Too long"}]
+)
+async def test_failed_task_reports_its_error(clock: FakeClock, error: str | dict[str, str]):
+    """A failed task carries its timeline's error, string or object, and no video."""
+    emulator = Emulator(
+        timeline=Timeline.failed(queued=0.5, processing=1.0, error=error), clock=clock
+    )
+    async with in_process(emulator) as client:
+        task_id = await create(client)
+        clock.at(1.5)
+        body = (await client.get(f"/v1/result/{task_id}")).json()
+
+    assert body["status"] == "failed"
+    assert body["error"] == error
+    assert "video_url" not in body
+    assert "actualDuration" not in body
+
+
+async def test_scripted_statuses_are_reported_as_is(
+    client: httpx.AsyncClient, emulator: Emulator, clock: FakeClock
+):
+    """Any status string can be scripted, and a timeline not ending terminal never ends."""
+    task_id = emulator.add_task(Timeline([(0, "queued"), (1, "paused"), (2, "Processing")]))
+
+    reported = []
+    for elapsed in (0.5, 1.5, 99.0):
+        clock.at(elapsed)
+        reported.append((await client.get(f"/v1/result/{task_id}")).json()["status"])
+
+    assert reported == ["queued", "paused", "Processing"]
+    assert emulator.terminal_at(task_id) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param({"Authorization": "Bearer wrong-key"}, id="wrong-key"),
+        pytest.param({"Authorization": "emulator-key"}, id="no-scheme"),
+        pytest.param({"Authorization": "Basic ZW11bGF0b3Ita2V5"}, id="basic"),
+    ],
+)
+async def test_api_routes_require_the_bearer_key(emulator: Emulator, headers: dict[str, str]):
+    """Create and query answer 401 without the right Bearer key, and create nothing."""
+    task_id = emulator.add_task()
+    async with in_process(emulator, headers) as client:
+        responses = [
+            await client.post(CREATE, json={"model": MODEL, "videoUrl": VIDEO_URL}),
+            await client.get(f"/v1/result/{task_id}"),
+        ]
+
+    for response in responses:
+        assert response.status_code == 401
+        assert response.json() == {"message": "Invalid or missing API key"}
+    assert emulator.task_ids == [task_id]
+    assert [r.authorization for r in emulator.requests] == [headers.get("Authorization")] * 2
+
+
+async def test_unknown_task_is_404(client: httpx.AsyncClient):
+    """Querying an ID the emulator never issued answers 404 "Task not found"."""
+    response = await client.get("/v1/result/task_000000000000000000000000")
+
+    assert response.status_code == 404
+    assert response.json() == {"message": "Task not found"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("GET", f"{PREFIX}/v1/tasks", 404, None),
+        ("GET", "/v1/result/task_1", 404, None),
+        ("GET", f"{PREFIX}/v1/result/a/b", 404, None),
+        ("GET", f"{PREFIX}{CREATE}", 405, "POST"),
+        ("DELETE", f"{PREFIX}/v1/result/task_1", 405, "GET"),
+        ("POST", "/files/task_1.mp4", 405, "GET"),
+    ],
+)
+async def test_other_paths_and_methods_are_refused(
+    emulator: Emulator, method: str, path: str, status: int, allow: str | None
+):
+    """Unknown paths answer 404 and wrong methods 405, both with a JSON message."""
+    async with in_process(emulator) as client:
+        response = await client.request(method, f"http://emulator.test{path}")
+
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["message"]
+    assert response.headers.get("allow") == allow
+
+
+async def test_percent_encoded_ids_round_trip(
+    client: httpx.AsyncClient, emulator: Emulator, clock: FakeClock
+):
+    """An ID with spaces, slashes and unicode is one percent-encoded path segment, decoded."""
+    task_id = emulator.add_task(Timeline.completed(), task_id="täsk 1/2?#%")
+    clock.at(10)
+
+    response = await client.get(f"/v1/result/{quoted(task_id)}")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == task_id
+    assert body["video_url"] == f"http://emulator.test/files/{quoted(task_id)}.mp4"
+    assert emulator.requests[-1].path == f"{PREFIX}/v1/result/{quoted(task_id)}"
+    assert emulator.polls(task_id) == [emulator.requests[-1]]
+    video = await client.get(body["video_url"])
+    assert video.content == Emulator.video_bytes(task_id)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(task_id=st.text(min_size=1, max_size=20))
+async def test_any_string_id_can_be_queried(task_id: str):
+    """Whatever characters a task ID holds, querying it by its quoted form finds it."""
+    emulator = Emulator(timeline=Timeline.completed())
+    emulator.add_task(task_id=task_id)
+    async with in_process(emulator) as client:
+        response = await client.get(f"/v1/result/{quoted(task_id)}")
+
+    assert response.status_code == 200
+    assert response.json()["id"] == task_id
+
+
+async def test_files_serve_deterministic_video_bytes(
+    client: httpx.AsyncClient, emulator: Emulator, clock: FakeClock
+):
+    """A completed task's video_url serves 64 KiB of video/mp4 derived from its ID, without auth."""
+    first, second = await create(client), await create(client)
+    clock.at(2.5)
+    url = (await client.get(f"/v1/result/{first}")).json()["video_url"]
+
+    async with in_process(emulator, headers={}) as anonymous:
+        video = await anonymous.get(url)
+        again = await anonymous.get(url)
+
+    assert video.status_code == 200
+    assert video.headers["content-type"] == "video/mp4"
+    assert video.headers["content-length"] == str(64 * 1024) == str(len(video.content))
+    assert video.content == again.content == Emulator.video_bytes(first)
+    assert video.content != Emulator.video_bytes(second)
+
+
+async def test_files_exist_only_for_completed_tasks(
+    client: httpx.AsyncClient, emulator: Emulator, clock: FakeClock
+):
+    """Before completion, or for an unknown ID, the file route answers 404."""
+    task_id = await create(client)
+    clock.at(1.0)
+
+    early = await client.get(f"http://emulator.test/files/{task_id}.mp4")
+    unknown = await client.get("http://emulator.test/files/task_nope.mp4")
+
+    assert early.status_code == unknown.status_code == 404
+
+
+# -- faults
+
+
+async def test_server_error_fault(client: httpx.AsyncClient, emulator: Emulator):
+    """error_rate=1 answers every API request 500, 502 or 503 with a JSON message, before auth."""
+    emulator.faults = Faults(error_rate=1.0)
+    async with in_process(emulator, headers={}) as anonymous:
+        responses = [await anonymous.get("/v1/result/task_1") for _ in range(20)]
+
+    assert {r.status_code for r in responses} == {500, 502, 503}
+    assert all(r.headers["content-type"] == "application/json" for r in responses)
+    assert all(r.json()["message"] for r in responses)
+    assert emulator.stats.faults == {"5xx": 20}
+    assert {r.fault for r in emulator.requests} == {"5xx"}
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"), [(1.0, "1"), (2.5, "2.5"), (0, "0"), (None, None)]
+)
+async def test_rate_limit_fault(
+    client: httpx.AsyncClient, emulator: Emulator, retry_after: float | None, header: str | None
+):
+    """rate_limit_rate=1 answers 429 with Retry-After in seconds (integer if whole), or none."""
+    emulator.faults = Faults(rate_limit_rate=1.0, retry_after=retry_after)
+
+    response = await client.post(CREATE, json={"model": MODEL, "videoUrl": VIDEO_URL})
+
+    assert response.status_code == 429
+    assert response.json() == {"message": "Too many requests"}
+    assert response.headers.get("retry-after") == header
+    assert emulator.requests[-1].fault == "429"
+    assert emulator.task_ids == []
+
+
+async def test_malformed_fault_rotates_broken_bodies(client: httpx.AsyncClient, emulator: Emulator):
+    """malformed_rate=1 answers 200 with HTML, truncated JSON, a list, wrong types, in turn."""
+    emulator.faults = Faults(malformed_rate=1.0)
+    responses = [await client.get("/v1/result/task_1") for _ in range(5)]
+
+    assert {r.status_code for r in responses} == {200}
+    html, truncated, listed, mistyped, html_again = responses
+    assert html.headers["content-type"] == html_again.headers["content-type"] == "text/html"
+    assert html.text.startswith("<html>")
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(truncated.content)
+    assert isinstance(listed.json(), list)
+    assert mistyped.json()["status"] == 5
+    assert "id" not in mistyped.json()
+    assert emulator.stats.faults == {"malformed": 5}
+
+
+async def test_faults_can_be_swapped_at_run_time(client: httpx.AsyncClient, emulator: Emulator):
+    """Replacing emulator.faults takes effect from the next request."""
+    task_id = await create(client)
+    emulator.faults = Faults(error_rate=1.0)
+    faulted = await client.get(f"/v1/result/{task_id}")
+    emulator.faults = Faults()
+    healthy = await client.get(f"/v1/result/{task_id}")
+
+    assert faulted.status_code >= 500
+    assert healthy.status_code == 200
+    assert [r.fault for r in emulator.polls(task_id)] == ["5xx", None]
+
+
+async def test_files_are_never_faulted(
+    client: httpx.AsyncClient, emulator: Emulator, clock: FakeClock
+):
+    """Downloads from /files stay healthy whatever the API's faults."""
+    task_id = await create(client)
+    clock.at(3)
+    emulator.faults = Faults(error_rate=1.0)
+
+    video = await client.get(f"http://emulator.test/files/{task_id}.mp4")
+
+    assert video.status_code == 200
+    assert emulator.requests[-1].fault is None
+
+
+@pytest.mark.parametrize("latency", [0.1, (0.1, 0.15)])
+async def test_latency_delays_api_answers_only(latency: float | tuple[float, float]):
+    """API requests wait out the latency (fixed or a range); /files answers at once."""
+    emulator = Emulator(timeline=Timeline.completed(queued=0, processing=0))
+    task_id = emulator.add_task()
+    emulator.faults = Faults(latency=latency)
+    async with in_process(emulator) as client:
+        started = time.monotonic()
+        await client.get(f"/v1/result/{task_id}")
+        api_took = time.monotonic() - started
+        started = time.monotonic()
+        await client.get(f"http://emulator.test/files/{task_id}.mp4")
+        file_took = time.monotonic() - started
+
+    assert 0.1 <= api_took < 1.0
+    assert file_took < 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"error_rate": -0.1}, "error_rate"),
+        ({"error_rate": 1.5}, "error_rate"),
+        ({"rate_limit_rate": 2}, "rate_limit_rate"),
+        ({"malformed_rate": -1}, "malformed_rate"),
+        ({"retry_after": -1}, "retry_after"),
+        ({"latency": -0.1}, "latency"),
+        ({"latency": (0.2, 0.1)}, "latency"),
+        ({"latency": (-1, 1)}, "latency"),
+    ],
+)
+def test_faults_are_validated(kwargs: dict[str, Any], field: str):
+    """Out-of-range fault settings raise a ValueError naming the field."""
+    with pytest.raises(ValueError, match=field):
+        Faults(**kwargs)
+
+
+def test_faults_are_validated_when_changed():
+    """Setting a field of live Faults validates it too."""
+    faults = Faults()
+    with pytest.raises(ValueError, match="error_rate"):
+        faults.error_rate = 3
+
+
+# -- shapes, seeds and timelines
+
+
+async def test_loose_mode_shapes(clock: FakeClock):
+    """Loose mode varies status case, reports created in ms, errors as objects, extra fields."""
+    emulator = Emulator(seed=3, loose=True, clock=clock, timeline=Timeline.failed(error="boom"))
+    async with in_process(emulator) as client:
+        task_id = await create(client)
+        clock.at(5)
+        bodies = [(await client.get(f"/v1/result/{task_id}")).json() for _ in range(20)]
+        done_id = emulator.add_task(Timeline.completed(queued=0, processing=0))
+        done = (await client.get(f"/v1/result/{done_id}")).json()
+
+    assert {body["status"] for body in bodies} == {"FAILED", "Failed", "failed"}
+    body = bodies[0]
+    assert body["created"] > 10**12
+    assert body["error"] == {"code": "task_failed", "message": "boom"}
+    assert body["model"] == MODEL
+    assert body["videoUrl"] == VIDEO_URL
+    assert isinstance(body["meta"], dict)
+    assert done["status"].lower() == "completed"
+    assert done["video_url"].endswith(".mp4")
+    assert done["actualDuration"] == 12.0
+
+
+async def test_a_seed_reproduces_ids_timelines_and_faults(clock: FakeClock):
+    """Two emulators with one seed issue the same IDs, timelines and fault draws."""
+
+    async def run(seed: int) -> tuple[list[str], list[float | None], list[int]]:
+        emulator = Emulator(seed=seed, clock=clock, faults=Faults(error_rate=0.5))
+        for _ in range(10):
+            emulator.add_task()
+        async with in_process(emulator) as client:
+            codes = [(await client.get("/v1/result/x")).status_code for _ in range(20)]
+        return emulator.task_ids, [emulator.terminal_at(i) for i in emulator.task_ids], codes
+
+    first, again, other = await run(7), await run(7), await run(8)
+
+    assert first == again
+    assert first[0] != other[0]
+    assert all(re.fullmatch(r"task_[0-9a-f]{24}", task_id) for task_id in first[0])
+
+
+async def test_default_timelines_mix_completions_and_failures(clock: FakeClock):
+    """By default tasks queue 0.2-1 s, process 0.5-3 s, mostly complete, and fail both ways."""
+    emulator = Emulator(seed=5, clock=clock)
+    task_ids = [emulator.add_task() for _ in range(200)]
+
+    ends = [emulator.terminal_at(task_id) for task_id in task_ids]
+    assert all(end is not None and 0.7 <= end - clock.start <= 4.0 for end in ends)
+    clock.at(0.19)
+    assert {emulator.status_of(task_id) for task_id in task_ids} == {"queued"}
+    clock.at(1.0)
+    assert "queued" not in {emulator.status_of(task_id) for task_id in task_ids}
+    clock.at(4.0)
+    failed = [task_id for task_id in task_ids if emulator.status_of(task_id) == "failed"]
+    assert 10 <= len(failed) <= 50
+    async with in_process(emulator) as client:
+        errors = [(await client.get(f"/v1/result/{i}")).json()["error"] for i in failed]
+    assert {type(error) for error in errors} == {str, dict}
+
+
+def test_timeline_callable_draws_from_the_emulator_random():
+    """A timeline callable is called once per task with the emulator's seeded Random."""
+    calls: list[random.Random] = []
+
+    def draw(rng: random.Random) -> Timeline:
+        calls.append(rng)
+        return Timeline.completed(queued=rng.uniform(0, 1))
+
+    emulator = Emulator(seed=1, timeline=draw)
+    emulator.add_task()
+    emulator.add_task()
+
+    assert len(calls) == 2
+    assert calls[0] is calls[1]
+    assert isinstance(calls[0], random.Random)
+
+
+def test_timeline_helpers():
+    """Timeline answers the status at any time and when (if ever) it ends."""
+    timeline = Timeline.failed(queued=1, processing=2)
+
+    assert timeline.steps == ((0.0, "queued"), (1.0, "processing"), (3.0, "failed"))
+    assert [timeline.status_at(t) for t in (-1, 0, 1, 2.9, 3, 50)] == [
+        "queued",
+        "queued",
+        "processing",
+        "processing",
+        "failed",
+        "failed",
+    ]
+    assert timeline.terminal_after == 3.0
+    assert Timeline.completed(queued=0, processing=0).status_at(0) == "completed"
+    assert Timeline([(0, "queued")]).terminal_after is None
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [([], "start"), ([(1, "queued")], "start"), ([(0, "a"), (2, "b"), (1, "c")], "ascending")],
+)
+def test_timeline_steps_are_validated(steps: list[tuple[float, str]], message: str):
+    """Steps must start at 0.0 and ascend."""
+    with pytest.raises(ValueError, match=message):
+        Timeline(steps)
+
+
+def test_add_task_refuses_a_duplicate_id(emulator: Emulator):
+    """Seeding a task under an existing ID is a ValueError, not a silent overwrite."""
+    emulator.add_task(task_id="twice")
+    with pytest.raises(ValueError, match="twice"):
+        emulator.add_task(task_id="twice")
+
+
+# -- recording
+
+
+async def test_requests_are_recorded(
+    client: httpx.AsyncClient, emulator: Emulator, clock: FakeClock
+):
+    """Each request is recorded with its arrival time, route, answer and auth header."""
+    task_id = await create(client)
+    clock.at(1)
+    await client.get(f"/v1/result/{task_id}")
+    async with in_process(emulator, headers={}) as anonymous:
+        await anonymous.get(f"/v1/result/{task_id}")
+
+    created, polled, refused = emulator.requests
+    assert created == RecordedRequest(
+        time=clock.start,
+        method="POST",
+        path=f"{PREFIX}{CREATE}",
+        task_id=None,
+        status_code=200,
+        fault=None,
+        authorization="Bearer emulator-key",
+    )
+    assert (polled.time, polled.task_id, polled.status_code) == (clock.start + 1, task_id, 200)
+    assert (refused.status_code, refused.authorization) == (401, None)
+    assert emulator.polls(task_id) == [polled, refused]
+    assert emulator.stats == EmulatorStats(total=3, by_status={200: 2, 401: 1}, faults={})
+
+    emulator.reset_stats()
+
+    assert emulator.requests == []
+    assert emulator.stats.total == 0
+
+
+async def test_request_ids_are_unique(client: httpx.AsyncClient):
+    """Every answer carries its own x-request-id."""
+    responses = [await client.get("/v1/result/x") for _ in range(5)]
+
+    assert len({r.headers["x-request-id"] for r in responses}) == 5
+
+
+async def test_lifespan_is_answered(emulator: Emulator):
+    """The app completes ASGI lifespan startup and shutdown, as servers expect."""
+    to_app, app_inbox = anyio.create_memory_object_stream[MutableMapping[str, Any]](2)
+    app_outbox, from_app = anyio.create_memory_object_stream[MutableMapping[str, Any]](2)
+    async with to_app, app_inbox, app_outbox, from_app:
+        await to_app.send({"type": "lifespan.startup"})
+        await to_app.send({"type": "lifespan.shutdown"})
+        await emulator({"type": "lifespan"}, app_inbox.receive, app_outbox.send)
+
+        assert [await from_app.receive(), await from_app.receive()] == [
+            {"type": "lifespan.startup.complete"},
+            {"type": "lifespan.shutdown.complete"},
+        ]
+
+
+async def test_websocket_connections_are_not_answered(emulator: Emulator):
+    """A websocket scope gets no answer (servers then refuse the handshake)."""
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "websocket.connect"}
+
+    await emulator({"type": "websocket", "path": "/"}, receive, send)
+
+    assert sent == []
+    assert emulator.requests == []
+
+
+# -- the real server
+
+
+async def test_server_serves_on_a_free_port(clock: FakeClock):
+    """On port 0 a free port is bound before entry returns; the API and /files work over it."""
+    emulator = Emulator(timeline=Timeline.completed(), clock=clock)
+    async with (
+        EmulatorServer(emulator) as server,
+        httpx.AsyncClient(base_url=server.base_url, headers=AUTH) as client,
+    ):
+        assert server.port > 0
+        assert server.url == f"http://127.0.0.1:{server.port}"
+        assert server.base_url == f"{server.url}{PREFIX}"
+        task_id = await create(client)
+        clock.at(5)
+        body = (await client.get(f"/v1/result/{task_id}")).json()
+        video = await client.get(body["video_url"])
+        url = server.url
+
+    assert body["video_url"] == f"{url}/files/{task_id}.mp4"
+    assert video.content == Emulator.video_bytes(task_id)
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = server.port
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(body["video_url"])
+
+
+async def test_server_stops_promptly_with_an_idle_keepalive_connection(emulator: Emulator):
+    """Leaving the server closes idle keep-alive connections at once instead of waiting."""
+    async with httpx.AsyncClient(headers=AUTH) as client:
+        async with EmulatorServer(emulator) as server:
+            await client.get(f"{server.base_url}/v1/result/x")  # leaves the connection idle
+            started = time.monotonic()
+        took = time.monotonic() - started
+
+    assert took < 0.5
+
+
+async def test_server_answers_keepalive_requests_without_delay(emulator: Emulator):
+    """Requests on one kept-alive connection are not held back by Nagle and delayed ACKs."""
+    limits = httpx.Limits(max_connections=1)
+    async with (
+        EmulatorServer(emulator) as server,
+        httpx.AsyncClient(base_url=server.base_url, headers=AUTH, limits=limits) as client,
+    ):
+        started = time.monotonic()
+        for _ in range(20):
+            await client.get("/v1/result/x")
+        took = time.monotonic() - started
+
+    assert took < 0.4  # 20 x 40 ms when stalled
+
+
+async def test_server_cancels_requests_in_flight_when_stopping(emulator: Emulator):
+    """A request still waiting out its latency at shutdown is answered 500 promptly."""
+    emulator.faults = Faults(latency=10)
+    answers: list[int] = []
+    async with httpx.AsyncClient(headers=AUTH) as client, anyio.create_task_group() as tg:
+        server = EmulatorServer(emulator)
+        await server.__aenter__()
+
+        async def poll() -> None:
+            answers.append((await client.get(f"{server.base_url}/v1/result/x")).status_code)
+
+        tg.start_soon(poll)
+        await anyio.sleep(0.1)
+        started = time.monotonic()
+        await server.__aexit__(None, None, None)
+        took = time.monotonic() - started
+
+    assert took < 0.5
+    assert answers == [500]
+
+
+async def test_server_refuses_misuse(emulator: Emulator):
+    """Port and URLs need a running server; entering twice or leaving unentered is an error."""
+    server = EmulatorServer(emulator)
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = server.base_url
+    with pytest.raises(RuntimeError, match="not running"):
+        await server.__aexit__(None, None, None)
+    async with server:
+        with pytest.raises(RuntimeError, match="already running"):
+            await server.__aenter__()
+
+
+def test_server_explains_a_missing_hypercorn(monkeypatch: pytest.MonkeyPatch, emulator: Emulator):
+    """Without the emulator extra, EmulatorServer says what to install."""
+    monkeypatch.setitem(sys.modules, "hypercorn.config", None)
+
+    with pytest.raises(ImportError, match=re.escape("pip install 'vsr-async[emulator]'")):
+        EmulatorServer(emulator)
+
+
+def test_the_package_imports_without_hypercorn():
+    """`from vsr_async.testing import Emulator` works when hypercorn is not installed."""
+    code = (
+        "import sys; sys.modules['hypercorn'] = None\n"
+        "from vsr_async.testing import Emulator, EmulatorServer\n"
+        "Emulator()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603 - our own code
+
+
+def test_all_lists_the_public_names_sorted():
+    """`vsr_async.testing.__all__` is sorted and names exactly its public attributes."""
+    public = {
+        name
+        for name, value in vars(vsr_async.testing).items()
+        if not name.startswith("_") and isinstance(value, type)
+    }
+
+    assert vsr_async.testing.__all__ == sorted(vsr_async.testing.__all__)
+    assert set(vsr_async.testing.__all__) == public

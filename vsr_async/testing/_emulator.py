@@ -1,0 +1,531 @@
+"""A fake of the VSR task API: a small ASGI app with scripted timelines and injected faults."""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import itertools
+import json
+import random
+import re
+import time
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+import anyio
+import attrs
+
+# ASGI, typed as httpx.ASGITransport and Starlette type it.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+DEFAULT_API_KEY = "emulator-key"
+DEFAULT_PREFIX = "/kyyReactApiServer"
+DEFAULT_ERROR = "Video could not be decoded"
+VIDEO_SIZE = 64 * 1024
+
+_MODELS = frozenset(
+    f"superResolution-{tier}-{fps}"
+    for tier in ("720p", "1080p", "2k", "4k")
+    for fps in ("lowfps", "highfps")
+)
+_METHODS = {"create": "POST", "query": "GET", "file": "GET"}
+_TERMINAL = frozenset({"completed", "failed"})
+_ERRORS: tuple[str | dict[str, Any], ...] = (
+    DEFAULT_ERROR,
+    {"code": "input_too_long", "message": "Input video is longer than 10 minutes"},
+)
+_SERVER_ERRORS = {
+    500: "Internal server error",
+    502: "Bad gateway",
+    503: "Service temporarily unavailable",
+}
+_MALFORMED = (
+    (b"text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
+    (b"application/json", b'{"id": "task_0123'),
+    (b"application/json", b'[{"status": "queued"}]'),
+    (b"application/json", b'{"object": "video", "status": 5, "created": "yesterday"}'),
+)
+
+
+def _to_steps(steps: Iterable[tuple[float, str]]) -> tuple[tuple[float, str], ...]:
+    return tuple((float(at), str(status)) for at, status in steps)
+
+
+def _check_steps(
+    _instance: object, _attribute: attrs.Attribute[Any], steps: tuple[tuple[float, str], ...]
+) -> None:
+    times = [at for at, _ in steps]
+    if not times or times[0] != 0:
+        raise ValueError("Timeline.steps must start at 0.0")
+    if times != sorted(times):
+        raise ValueError("Timeline.steps must be in ascending time order")
+
+
+@attrs.frozen
+class Timeline:
+    """When a task changes status, in seconds after its creation.
+
+    Attributes:
+        steps: `(seconds, status)` pairs in ascending time, the first at 0.0. Statuses may be
+            any string, to script ones the client does not know.
+        error: Reported when the last status is `"failed"`.
+        actual_duration: Reported when the task is `"completed"`.
+    """
+
+    steps: tuple[tuple[float, str], ...] = attrs.field(converter=_to_steps, validator=_check_steps)
+    error: str | dict[str, Any] = DEFAULT_ERROR
+    actual_duration: float = 12.0
+
+    @classmethod
+    def completed(
+        cls, *, queued: float = 0.5, processing: float = 2.0, actual_duration: float = 12.0
+    ) -> Timeline:
+        """Queued, then processing, then completed."""
+        steps = ((0.0, "queued"), (queued, "processing"), (queued + processing, "completed"))
+        return cls(steps, actual_duration=actual_duration)
+
+    @classmethod
+    def failed(
+        cls,
+        *,
+        queued: float = 0.5,
+        processing: float = 1.0,
+        error: str | dict[str, Any] = DEFAULT_ERROR,
+    ) -> Timeline:
+        """Queued, then processing, then failed with `error`."""
+        steps = ((0.0, "queued"), (queued, "processing"), (queued + processing, "failed"))
+        return cls(steps, error=error)
+
+    def status_at(self, elapsed: float) -> str:
+        """The status `elapsed` seconds after creation."""
+        index = bisect.bisect_right([at for at, _ in self.steps], elapsed)
+        return self.steps[max(index - 1, 0)][1]
+
+    @property
+    def terminal_after(self) -> float | None:
+        """Seconds after creation at which the task ends, or `None` if it never does."""
+        at, status = self.steps[-1]
+        return at if status in _TERMINAL else None
+
+
+def _random_timeline(rng: random.Random) -> Timeline:
+    queued, processing = rng.uniform(0.2, 1.0), rng.uniform(0.5, 3.0)
+    if rng.random() < 0.85:
+        return Timeline.completed(
+            queued=queued, processing=processing, actual_duration=round(rng.uniform(5, 60), 2)
+        )
+    return Timeline.failed(queued=queued, processing=processing, error=rng.choice(_ERRORS))
+
+
+def _check_latency(
+    _instance: object, _attribute: attrs.Attribute[Any], latency: float | tuple[float, float]
+) -> None:
+    low, high = latency if isinstance(latency, tuple) else (latency, latency)
+    if not 0 <= low <= high:
+        raise ValueError(f"'latency' must be >= 0 (or a (low, high) range of such): {latency!r}")
+
+
+def _check_retry_after(
+    _instance: object, _attribute: attrs.Attribute[Any], retry_after: float | None
+) -> None:
+    if retry_after is not None and retry_after < 0:
+        raise ValueError(f"'retry_after' must be >= 0 or None: {retry_after!r}")
+
+
+_RATE = (attrs.validators.ge(0.0), attrs.validators.le(1.0))
+
+
+@attrs.define
+class Faults:
+    """Fault injection, drawn per API request (never for `/files`).
+
+    Rates are shares of API requests; if they add up to more than 1, the kinds listed first
+    take precedence.
+
+    Attributes:
+        error_rate: Share answered 500, 502 or 503.
+        rate_limit_rate: Share answered 429.
+        retry_after: `Retry-After` seconds on 429s, or `None` for no header.
+        latency: Extra seconds before answering: fixed, or a uniform `(low, high)` range.
+        malformed_rate: Share answered 200 with a broken body (HTML, truncated JSON, a JSON
+            list, or an object with wrong types, in rotation).
+    """
+
+    error_rate: float = attrs.field(default=0.0, validator=_RATE)
+    rate_limit_rate: float = attrs.field(default=0.0, validator=_RATE)
+    retry_after: float | None = attrs.field(default=1.0, validator=_check_retry_after)
+    latency: float | tuple[float, float] = attrs.field(default=0.0, validator=_check_latency)
+    malformed_rate: float = attrs.field(default=0.0, validator=_RATE)
+
+
+@attrs.frozen
+class RecordedRequest:
+    """One request the emulator answered.
+
+    Attributes:
+        time: Emulator clock at arrival.
+        method: HTTP method.
+        path: Raw (still percent-encoded) path.
+        task_id: The decoded task ID, for result queries; else `None`.
+        status_code: The status answered.
+        fault: `"5xx"`, `"429"` or `"malformed"` if a fault was injected, else `None`.
+        authorization: The `Authorization` header as received.
+    """
+
+    time: float
+    method: str
+    path: str
+    task_id: str | None
+    status_code: int
+    fault: str | None
+    authorization: str | None
+
+
+@attrs.frozen
+class EmulatorStats:
+    """A summary of the recorded requests.
+
+    Attributes:
+        total: Number of requests.
+        by_status: Requests per status code answered.
+        faults: Faults injected, per kind.
+    """
+
+    total: int
+    by_status: Mapping[int, int]
+    faults: Mapping[str, int]
+
+
+@attrs.frozen
+class _Task:
+    id: str
+    model: str
+    video_url: str
+    timeline: Timeline
+    created_at: float  # emulator clock
+    created: float  # unix time
+
+
+@attrs.frozen
+class _Request:
+    """The parts of an HTTP request the emulator looks at."""
+
+    method: str
+    path: str  # raw
+    headers: Mapping[str, str]
+    body: bytes
+    origin: str  # scheme://host, for absolute URLs
+
+    @classmethod
+    async def read(cls, scope: Scope, receive: Receive) -> _Request:
+        headers = {
+            key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]
+        }
+        raw_path: bytes | None = scope.get("raw_path")
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        return cls(
+            method=scope["method"],
+            path=raw_path.decode("latin-1") if raw_path else urllib.parse.quote(scope["path"]),
+            headers=headers,
+            body=b"".join(chunks),
+            origin=f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}",
+        )
+
+
+@attrs.frozen
+class _Reply:
+    status: int
+    body: bytes
+    content_type: bytes = b"application/json"
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    fault: str | None = None
+
+    async def send(self, send: Send) -> None:
+        headers = [
+            (b"content-type", self.content_type),
+            (b"content-length", str(len(self.body)).encode()),
+            (b"x-request-id", f"req_{uuid.uuid4().hex}".encode()),
+            *self.headers,
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def _json(
+    status: int,
+    data: object,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+    fault: str | None = None,
+) -> _Reply:
+    return _Reply(status, json.dumps(data).encode(), headers=headers, fault=fault)
+
+
+def _not_allowed(method: str, allowed: str) -> _Reply:
+    return _json(405, {"message": f"Method {method} not allowed"}, ((b"allow", allowed.encode()),))
+
+
+def _create_problem(data: Any) -> str | None:
+    """What is wrong with the JSON body of a create request, if anything."""
+    if not isinstance(data, dict):
+        return "The request body must be a JSON object"
+    model, video_url = data.get("model"), data.get("videoUrl")
+    if not isinstance(model, str):
+        return "'model' is required and must be a string"
+    if model not in _MODELS:
+        return f"'model' must be one of {', '.join(sorted(_MODELS))}"
+    if not isinstance(video_url, str):
+        return "'videoUrl' is required and must be a string"
+    if not re.fullmatch(r"https?://[^/?#\s]+\S*", video_url):
+        return "'videoUrl' must be an http(s) URL"
+    return None
+
+
+def _seconds(value: float) -> bytes:
+    return str(int(value) if float(value).is_integer() else value).encode()
+
+
+class Emulator:
+    """The VSR task API as an ASGI app, for tests and demos.
+
+    Task status follows each task's `Timeline`, computed from `clock()` on every query.
+
+    Args:
+        api_key: The accepted Bearer token.
+        seed: Makes task IDs, timelines and faults reproducible.
+        timeline: For every created task: a `Timeline`, a callable drawing one from the
+            emulator's `random.Random`, or `None` for a mix of completions and failures.
+        faults: Fault injection; the `faults` attribute may be swapped at run time.
+        prefix: Path prefix of the API routes.
+        clock: Monotonic seconds; pass a fake one to move tasks along without sleeping.
+        loose: Answer like this provider family sometimes does: status in any case,
+            `created` in milliseconds, `error` as an object, and extra fields.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        seed: int | None = None,
+        timeline: Timeline | Callable[[random.Random], Timeline] | None = None,
+        faults: Faults | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Callable[[], float] = time.monotonic,
+        loose: bool = False,
+    ) -> None:
+        self.api_key = api_key
+        self.prefix = prefix.rstrip("/")
+        self.faults = faults if faults is not None else Faults()
+        self.loose = loose
+        self.requests: list[RecordedRequest] = []
+        self._clock = clock
+        self._timeline = timeline
+        self._random = random.Random(seed)  # IDs and timelines
+        self._noise = random.Random(None if seed is None else f"noise-{seed}")  # faults, loose
+        self._malformed = itertools.cycle(_MALFORMED)
+        self._tasks: dict[str, _Task] = {}
+        self._routes = {
+            "create": re.compile(re.escape(self.prefix) + "/v1/super-resolution/videos"),
+            "query": re.compile(re.escape(self.prefix) + "/v1/result/([^/]+)"),
+            "file": re.compile(r"/files/([^/]+)\.mp4"),
+        }
+
+    # -- helpers for tests and demos
+
+    def add_task(
+        self,
+        timeline: Timeline | None = None,
+        *,
+        task_id: str | None = None,
+        model: str = "superResolution-1080p-lowfps",
+        video_url: str = "https://example.com/in.mp4",
+    ) -> str:
+        """Create a task now, as if through the API, and return its ID.
+
+        Args:
+            timeline: Its timeline; by default drawn like the emulator's `timeline`.
+            task_id: Any string; by default `task_` and 24 hex digits.
+            model: The model it was created with.
+            video_url: The input URL it was created with.
+        """
+        if task_id is None:
+            task_id = f"task_{self._random.getrandbits(96):024x}"
+        if task_id in self._tasks:
+            raise ValueError(f"Task {task_id!r} already exists")
+        if timeline is None:
+            timeline = self._next_timeline()
+        self._tasks[task_id] = _Task(
+            task_id, model, video_url, timeline, self._clock(), time.time()
+        )
+        return task_id
+
+    def status_of(self, task_id: str) -> str:
+        """The task's status now (as a strict response would report it)."""
+        task = self._tasks[task_id]
+        return task.timeline.status_at(self._clock() - task.created_at)
+
+    def terminal_at(self, task_id: str) -> float | None:
+        """The clock time at which the task ends, or `None` if it never does."""
+        task = self._tasks[task_id]
+        after = task.timeline.terminal_after
+        return None if after is None else task.created_at + after
+
+    @property
+    def task_ids(self) -> list[str]:
+        """IDs of all tasks, in creation order."""
+        return list(self._tasks)
+
+    def polls(self, task_id: str) -> list[RecordedRequest]:
+        """The recorded result queries for one task, faulted ones included."""
+        return [request for request in self.requests if request.task_id == task_id]
+
+    @property
+    def stats(self) -> EmulatorStats:
+        """A summary of `requests`."""
+        return EmulatorStats(
+            total=len(self.requests),
+            by_status=dict(collections.Counter(r.status_code for r in self.requests)),
+            faults=dict(collections.Counter(r.fault for r in self.requests if r.fault)),
+        )
+
+    def reset_stats(self) -> None:
+        """Forget the recorded requests."""
+        self.requests.clear()
+
+    @staticmethod
+    def video_bytes(task_id: str) -> bytes:
+        """The bytes served as the result video of `task_id`."""
+        return random.Random(task_id).randbytes(VIDEO_SIZE)
+
+    # -- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one ASGI `http` or `lifespan` connection."""
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = self._clock()
+        request = await _Request.read(scope, receive)
+        route, task_id = self._route(request.path)
+        if route == "file":
+            reply = self._file(request.method, task_id)
+        else:
+            await self._delay()
+            reply = self._draw_fault() or self._answer(request, route, task_id)
+        self.requests.append(
+            RecordedRequest(
+                time=arrived,
+                method=request.method,
+                path=request.path,
+                task_id=task_id if route == "query" else None,
+                status_code=reply.status,
+                fault=reply.fault,
+                authorization=request.headers.get("authorization"),
+            )
+        )
+        await reply.send(send)
+
+    def _route(self, path: str) -> tuple[str, str]:
+        """The route's name ("" if none) and the decoded task ID in the path ("" if none)."""
+        for name, pattern in self._routes.items():
+            if match := pattern.fullmatch(path):
+                return name, urllib.parse.unquote(match[1]) if pattern.groups else ""
+        return "", ""
+
+    async def _delay(self) -> None:
+        latency = self.faults.latency
+        seconds = self._noise.uniform(*latency) if isinstance(latency, tuple) else latency
+        if seconds:
+            await anyio.sleep(seconds)
+
+    def _draw_fault(self) -> _Reply | None:
+        faults, draw = self.faults, self._noise.random()
+        if draw < faults.error_rate:
+            status = self._noise.choice(list(_SERVER_ERRORS))
+            return _json(status, {"message": _SERVER_ERRORS[status]}, fault="5xx")
+        draw -= faults.error_rate
+        if draw < faults.rate_limit_rate:
+            retry_after = faults.retry_after
+            headers = () if retry_after is None else ((b"retry-after", _seconds(retry_after)),)
+            return _json(429, {"message": "Too many requests"}, headers, fault="429")
+        draw -= faults.rate_limit_rate
+        if draw < faults.malformed_rate:
+            content_type, body = next(self._malformed)
+            return _Reply(200, body, content_type, fault="malformed")
+        return None
+
+    def _answer(self, request: _Request, route: str, task_id: str) -> _Reply:
+        if not route:
+            return _json(404, {"message": "Not found"})
+        if request.method != _METHODS[route]:
+            return _not_allowed(request.method, _METHODS[route])
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _json(401, {"message": "Invalid or missing API key"})
+        if route == "create":
+            return self._create(request)
+        task = self._tasks.get(task_id)
+        if task is None:
+            return _json(404, {"message": "Task not found"})
+        return _json(200, self._render(task, request.origin))
+
+    def _create(self, request: _Request) -> _Reply:
+        try:
+            data = json.loads(request.body)
+        except ValueError:
+            data = None
+        problem = _create_problem(data)
+        if problem is not None:
+            return _json(400, {"message": problem})
+        task_id = self.add_task(model=data["model"], video_url=data["videoUrl"])
+        return _json(200, self._render(self._tasks[task_id], request.origin))
+
+    def _render(self, task: _Task, origin: str) -> dict[str, Any]:
+        status = task.timeline.status_at(self._clock() - task.created_at)
+        data: dict[str, Any] = {
+            "id": task.id,
+            "object": "video",
+            "created": int(task.created),
+            "status": status,
+        }
+        if status == "completed":
+            data["video_url"] = f"{origin}/files/{urllib.parse.quote(task.id, safe='')}.mp4"
+            data["actualDuration"] = task.timeline.actual_duration
+        elif status == "failed":
+            data["error"] = task.timeline.error
+        if self.loose:
+            data["status"] = self._noise.choice((status.upper(), status.capitalize(), status))
+            data["created"] = int(task.created * 1000)
+            data["model"] = task.model
+            data["videoUrl"] = task.video_url
+            data["meta"] = {"region": "emulator", "queuePosition": 0}
+            if isinstance(data.get("error"), str):
+                data["error"] = {"code": "task_failed", "message": data["error"]}
+        return data
+
+    def _file(self, method: str, task_id: str) -> _Reply:
+        if method != _METHODS["file"]:
+            return _not_allowed(method, _METHODS["file"])
+        if task_id not in self._tasks or self.status_of(task_id) != "completed":
+            return _json(404, {"message": "Not found"})
+        return _Reply(200, self.video_bytes(task_id), b"video/mp4")
+
+    def _next_timeline(self) -> Timeline:
+        if isinstance(self._timeline, Timeline):
+            return self._timeline
+        if self._timeline is None:
+            return _random_timeline(self._random)
+        return self._timeline(self._random)
