@@ -248,7 +248,9 @@ class AsyncVSRClient:
 
         Raises:
             ValueError: An ID or an argument is invalid (before anything is sent).
+            RuntimeError: The client is closed.
         """
+        self._check_open()
         return Watcher(
             self,
             task_ids,

@@ -1,0 +1,41 @@
+"""Sessions: ``nox`` runs tests on every installed Python from 3.10 to 3.13, lint and typecheck."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.error_on_missing_interpreters = False  # skip Pythons this machine lacks
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The suite on asyncio and trio, with the branch coverage floor from pyproject.toml."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[emulator]", "mypy>=1.10", "trio")
+    session.run("mypy", "-p", "vsr_async")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's main job, on asyncio and on trio."""
+    session.install(".[emulator]")
+    session.run("python", "-m", "vsr_async", "demo", "--seed", "1")
+    session.run("python", "-m", "vsr_async", "demo", "--seed", "2", "--backend", "trio")
