@@ -34,6 +34,7 @@ from ._errors import (
 from ._models import Model, Task, TaskStatus
 from ._retry import is_transient, retry_delay
 from ._validate import (
+    check_api_key,
     check_base_url,
     check_count,
     check_http_url,
@@ -87,8 +88,7 @@ class AsyncVSRClient:
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
-        if not api_key.strip():
-            raise ValueError(f"no API key: pass api_key= or set the {API_KEY_ENV} variable")
+        check_api_key(api_key)
         self.base_url = check_base_url(base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
         self.max_retries = check_count("max_retries", max_retries, minimum=0)
         self.max_connections = check_count("max_connections", max_connections, minimum=1)

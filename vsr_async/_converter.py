@@ -15,7 +15,8 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import ResponseValidationError
-from ._models import Task, TaskError, TaskStatus
+from ._models import Task, TaskError, TaskStatus, parse_status
+from ._validate import check_task_id
 
 
 def _type_error(expected: str, value: object) -> TypeError:
@@ -25,18 +26,13 @@ def _type_error(expected: str, value: object) -> TypeError:
 def _id(value: object, _: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise _type_error("a string", value)
-    if value == "":
-        raise ValueError("expected a non-empty string")
-    return str(value)
+    return check_task_id(str(value))  # an ID we could not query again is no ID
 
 
 def _status(value: object, _: object) -> TaskStatus | str:
     if not isinstance(value, str) or not value.strip():
         raise _type_error("a status string", value)
-    try:
-        return TaskStatus(value.strip().lower())
-    except ValueError:
-        return value  # a status from the future: kept verbatim, never terminal
+    return parse_status(value)
 
 
 def _optional_str(value: object, _: object) -> str | None:

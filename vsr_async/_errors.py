@@ -66,8 +66,10 @@ class APIStatusError(VSRError):
         request_id: str | None = None,
         retry_after: float | None = None,
         body: Any = None,
+        request: str | None = None,
     ) -> None:
-        super().__init__(message)
+        prefix = f"{request} returned {status_code}" if request else f"HTTP {status_code}"
+        super().__init__(f"{prefix}: {message}")
         self.message = message
         self.status_code = status_code
         self.request_id = request_id
@@ -86,11 +88,12 @@ class APIStatusError(VSRError):
         if error_class is None:
             error_class = ServerError if response.status_code >= 500 else APIStatusError
         return error_class(
-            f"{request.method} {request.url} returned {response.status_code}: {message}",
+            message,
             status_code=response.status_code,
             request_id=response.headers.get("x-request-id"),
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             body=body,
+            request=f"{request.method} {request.url}",
         )
 
 
@@ -185,5 +188,5 @@ def parse_retry_after(value: str | None) -> float | None:
 def _json_or_none(response: httpx.Response) -> Any:
     try:
         return json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None

@@ -28,6 +28,14 @@ class TaskStatus(str, enum.Enum):
         return self in (TaskStatus.COMPLETED, TaskStatus.FAILED)
 
 
+def parse_status(value: TaskStatus | str) -> TaskStatus | str:
+    """The `TaskStatus` named by ``value`` in any case, or ``value`` itself if unknown."""
+    try:
+        return TaskStatus(value.strip().lower())
+    except ValueError:
+        return value  # a status from the future: kept verbatim, never terminal
+
+
 class Model(str, enum.Enum):
     """The provider's models: target quality tier, and ``lowfps`` (≤ 30 FPS) or ``highfps`` input.
 
@@ -67,7 +75,7 @@ class Task:
     """
 
     id: str
-    status: TaskStatus | str
+    status: TaskStatus | str = attrs.field(converter=parse_status)
     object: str | None = None
     created: int | None = None
     video_url: str | None = None

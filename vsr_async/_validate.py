@@ -5,13 +5,26 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import warnings
 
 import httpx
 
+from ._config import API_KEY_ENV
 from ._models import Model
 
 _MAX_ID_LENGTH = 512
+
+
+def check_api_key(api_key: object) -> None:
+    """Refuse a missing key, or one the HTTP layer would refuse (and quote in its error)."""
+    if not isinstance(api_key, str):
+        raise TypeError(f"api_key must be a string, got {type(api_key).__name__}")
+    if not api_key.strip():
+        raise ValueError(f"no API key: pass api_key= or set the {API_KEY_ENV} variable")
+    if api_key != api_key.strip() or not (api_key.isascii() and api_key.isprintable()):
+        # Never quoted: the point is to keep it out of messages.
+        raise ValueError("the API key has whitespace, control or non-ASCII characters")
 
 
 def check_task_id(task_id: object) -> str:
@@ -72,9 +85,9 @@ def check_http_url(name: str, url: object) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise ValueError(f"{name} {url!r} is not a URL: {exc}") from None
+        raise ValueError(f"{name} {_redacted(url)!r} is not a URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"{name} must be an http:// or https:// URL, got {url!r}")
+        raise ValueError(f"{name} must be an http:// or https:// URL, got {_redacted(url)!r}")
     return parsed
 
 
@@ -100,3 +113,8 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _redacted(url: str) -> str:
+    """``url`` with any ``user:password@`` masked, for messages."""
+    return re.sub(r"(?<=//)[^/?#]*@", "***@", url, count=1)

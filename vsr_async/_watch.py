@@ -151,8 +151,10 @@ class Watcher:
         self._task_group.cancel_scope.cancel()
         # The body's exception is not the task group's business: passing it in would wrap it
         # in an ExceptionGroup. Our tasks raise nothing but cancellation.
-        await self._task_group.__aexit__(None, None, None)
-        self._transitions.close()
+        try:
+            await self._task_group.__aexit__(None, None, None)
+        finally:  # an outer cancellation (wait()'s deadline) raises out of the line above
+            self._transitions.close()
 
     def __aiter__(self) -> Watcher:
         return self
