@@ -27,6 +27,7 @@ from ._errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    ResponseValidationError,
     TaskFailedError,
     VSRError,
     WaitTimeoutError,
@@ -278,6 +279,9 @@ class AsyncVSRClient:
                 response = await self._http.send(request)
         except httpx.TimeoutException as exc:
             raise APITimeoutError(f"{method} {url} timed out ({type(exc).__name__})") from exc
+        except httpx.DecodingError as exc:  # a broken Content-Encoding: garbage, not a task
+            reason = f"the answer could not be decoded ({exc})"
+            raise ResponseValidationError(reason, snippet="") from exc
         except httpx.TransportError as exc:
             raise APIConnectionError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
         if not response.is_success:
