@@ -29,13 +29,13 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[emulator]", "mypy>=1.10", "trio")
+    session.install("-e", ".[cli,emulator]", "mypy>=1.10", "trio")
     session.run("mypy", "-p", "vsr_async")
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
     """The README's main job, on asyncio and on trio."""
-    session.install(".[emulator]")
-    session.run("python", "-m", "vsr_async", "demo", "--seed", "1")
-    session.run("python", "-m", "vsr_async", "demo", "--seed", "2", "--backend", "trio")
+    session.install(".[cli,emulator]")
+    session.run("vsr-async", "demo", "--seed", "1")
+    session.run("vsr-async", "demo", "--seed", "2", "--backend", "trio")

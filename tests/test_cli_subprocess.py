@@ -1,0 +1,282 @@
+"""The command line as a real process against the emulator on a loopback port: exit codes,
+plain output off a terminal, Ctrl-C, and resuming after SIGINT or SIGKILL mid-watch."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+import pytest
+from _cli_helpers import (
+    CLI,
+    CONTROL,
+    add_tasks,
+    cli_env,
+    readable_records,
+    records,
+    terminal_counts,
+)
+
+from vsr_async import AsyncVSRClient
+from vsr_async.testing import Emulator, EmulatorServer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from anyio.abc import ByteReceiveStream
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
+]
+
+#: Ten tasks; one fails.
+OUTCOMES = "cccfcccccc"
+
+
+class Clock:
+    """The emulator's clock, moved by the test: tasks end when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio only: this process just serves the emulator; the CLI's own event loop, the
+    one under test, is chosen with --backend where it matters."""
+    return "asyncio"
+
+
+@attrs.frozen
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def _drain(stream: ByteReceiveStream | None, into: bytearray) -> None:
+    assert stream is not None
+    async for chunk in stream:
+        into.extend(chunk)
+
+
+async def run_cli(
+    args: Sequence[str],
+    env: dict[str, str],
+    *,
+    until: Callable[[], bool] | None = None,
+    then: signal.Signals = signal.SIGINT,
+    within: float = 30,
+) -> Finished:
+    """Run the CLI to its end; if ``until`` is given, send ``then`` once it is true."""
+    command = [*CLI, *args]
+    out, err = bytearray(), bytearray()
+    with anyio.fail_after(within):
+        async with (
+            await anyio.open_process(command, env=env, stdin=subprocess.DEVNULL) as process,
+            anyio.create_task_group() as task_group,
+        ):
+            task_group.start_soon(_drain, process.stdout, out)
+            task_group.start_soon(_drain, process.stderr, err)
+            if until is not None:
+                while not until():
+                    assert process.returncode is None, f"ended first:\n{out.decode()}"
+                    await anyio.sleep(0.02)
+                process.send_signal(then)
+            returncode = await process.wait()
+    return Finished(returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def emulator(request: pytest.FixtureRequest) -> Emulator:
+    """The emulator on real time, or on the test's `Clock` if the test asks for one."""
+    if "clock" in request.fixturenames:
+        return Emulator(seed=11, clock=request.getfixturevalue("clock"))
+    return Emulator(seed=11)
+
+
+@pytest.fixture
+async def base_url(emulator: Emulator) -> object:
+    """The emulator, served in this test's event loop while the CLI runs."""
+    async with EmulatorServer(emulator) as server:
+        yield server.base_url
+
+
+async def test_python_m_vsr_async_is_the_cli() -> None:
+    """`python -m vsr_async` is the `vsr-async` command line."""
+    result = await run_cli(["--help"], cli_env())
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: vsr-async [OPTIONS] COMMAND [ARGS]...")
+    assert "130  interrupted" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "env", "code"),
+    [
+        ("cc", {}, 0),
+        ("cf", {}, 1),
+        ("cc", {"VSR_API_KEY": ""}, 2),
+        ("cc", {"VSR_API_KEY": "wrong-key"}, 3),
+    ],
+    ids=["all completed", "one failed", "no key", "key refused"],
+)
+async def test_exit_codes(
+    emulator, base_url, outcomes: str, env: dict[str, str], code: int
+) -> None:
+    """0 all completed, 1 one failed, 2 no key (one line, no traceback), 3 key refused."""
+    ids = add_tasks(emulator, outcomes, first=0.1, step=0.1)
+    result = await run_cli(["watch", "--interval", "0.05", *ids], cli_env(base_url, **env))
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    if code >= 2:
+        assert len(result.stderr.splitlines()) == 1
+        assert "wrong-key" not in result.stdout + result.stderr
+
+
+async def test_off_a_terminal_the_output_is_plain_lines(emulator, base_url) -> None:
+    """Through a pipe: a line per transition and the summary, with no control codes at all."""
+    ids = add_tasks(emulator, "cf", first=0.2, step=0.1)
+    result = await run_cli(["watch", "--interval", "0.05", *ids], cli_env(base_url))
+    assert not CONTROL.search(result.stdout + result.stderr)
+    assert "\r" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert any(f"{ids[0]}  " in line and "-> completed  http://" in line for line in lines)
+    assert any(f"{ids[1]}  " in line and "-> failed  (Bad input)" in line for line in lines)
+    assert "2 of 2 tasks ended: 1 completed, 1 failed" in result.stdout
+
+
+def _ended(path: Path, at_least: int) -> Callable[[], bool]:
+    return lambda: len(terminal_counts(path)) >= at_least
+
+
+def _all_seen(path: Path, ids: list[str]) -> bool:
+    return {record["task_id"] for record in readable_records(path)} == set(ids)
+
+
+async def _end_the_first(count: int, clock: Clock, results: Path, ids: list[str]) -> None:
+    """Once the watch has seen every task, let the first ``count`` of them end."""
+    while not _all_seen(results, ids):  # noqa: ASYNC110 (polling another process's file)
+        await anyio.sleep(0.02)
+    clock.now = count + 0.5
+
+
+def _check_every_task_ended_once(ids: list[str], results: Path) -> None:
+    counts = terminal_counts(results)
+    assert counts == dict.fromkeys(ids, 1)
+    records(results)  # and every line is whole JSON
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
+    emulator, clock, base_url, tmp_path, backend: str
+) -> None:
+    """SIGINT mid-watch: the summary so far, a hint to resume, exit 130, every line flushed.
+    Running the same command again watches only what had not ended, and the file ends with
+    every task terminal exactly once."""
+    ids = add_tasks(emulator, OUTCOMES, first=1.0, step=1.0)  # task i ends at i + 1
+    results = tmp_path / "results.jsonl"
+    args = ["watch", "--interval", "0.05", "--jsonl", str(results), "--backend", backend, *ids]
+    env = cli_env(base_url)
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(_end_the_first, 3, clock, results, ids)
+        first = await run_cli(args, env, until=_ended(results, 3))
+    assert first.returncode == 130, first.stderr
+    assert "Interrupted after " in first.stdout
+    assert "3 of 10 tasks ended: 3 completed, 7 not finished" in first.stdout
+    assert "To resume: run the same command again" in first.stderr
+    assert "Traceback" not in first.stderr
+    assert set(terminal_counts(results)) == set(ids[:3])
+    polls_before = {task_id: len(emulator.polls(task_id)) for task_id in ids[:3]}
+
+    clock.now = 100.0
+    second = await run_cli(args, env)
+    assert second.returncode == 1  # one task failed
+    assert "3 tasks already ended in" in second.stdout
+    assert (
+        "10 of 10 tasks ended (3 ended in an earlier run): 9 completed, 1 failed" in second.stdout
+    )
+    _check_every_task_ended_once(ids, results)
+    for task_id in ids[:3]:
+        assert len(emulator.polls(task_id)) == polls_before[task_id]  # not polled again
+
+
+async def test_a_killed_watch_loses_nothing_and_a_rerun_finishes(
+    emulator, clock, base_url, tmp_path
+) -> None:
+    """SIGKILL mid-watch (and a torn last line, as a crash mid-write leaves): the rerun cuts the
+    torn line, skips what ended, and the file ends with every task terminal exactly once."""
+    ids = add_tasks(emulator, OUTCOMES, first=1.0, step=1.0)
+    results = tmp_path / "results.jsonl"
+    args = ["watch", "--interval", "0.05", "--jsonl", str(results), *ids]
+    env = cli_env(base_url)
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(_end_the_first, 4, clock, results, ids)
+        killed = await run_cli(args, env, until=_ended(results, 4), then=signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert set(terminal_counts(results)) == set(ids[:4])  # flushed lines outlive the process
+    with results.open("ab") as file:
+        file.write(b'{"task_id": "' + ids[-1].encode() + b'", "previous": "proc')
+
+    clock.now = 100.0
+    second = await run_cli(args, env)
+    assert second.returncode == 1
+    assert "torn by an earlier crash" in second.stderr
+    assert "4 tasks already ended in" in second.stdout
+    _check_every_task_ended_once(ids, results)
+
+
+async def test_the_emulator_command_serves_until_interrupted(tmp_path) -> None:
+    """`vsr-async emulator --port 0` prints an exportable base URL and key, serves the API
+    there, and stops cleanly on Ctrl-C (exit 0)."""
+    command = [*CLI, "emulator", "--port", "0", "--seed", "1"]
+    with anyio.fail_after(20):
+        async with await anyio.open_process(
+            command, env=cli_env(), stdin=subprocess.DEVNULL
+        ) as process:
+            assert process.stdout is not None
+            text = b""
+            while text.count(b"\n") < 2:
+                text += await process.stdout.receive()
+            url_line, key_line = text.decode().splitlines()[:2]
+            assert url_line.startswith("export VSR_BASE_URL=http://127.0.0.1:")
+            assert key_line == "export VSR_API_KEY=emulator-key"
+            base_url = url_line.partition("=")[2]
+            async with AsyncVSRClient("emulator-key", base_url=base_url) as client:
+                task = await client.create_task(
+                    "https://example.com/a.mp4", model="superResolution-720p-lowfps"
+                )
+                assert (await client.get_task(task.id)).id == task.id
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 0
+
+
+async def test_a_reader_that_goes_away_ends_the_run_quietly(emulator, base_url, tmp_path) -> None:
+    """`vsr-async watch ... | head -n 1`: once the reader is gone the run ends, exit 1, no
+    traceback, and the results file keeps whole lines."""
+    ids = add_tasks(emulator, "ccc", first=0.6, step=0.2)
+    results, stderr = tmp_path / "results.jsonl", tmp_path / "stderr.txt"
+    watch = shlex.join([*CLI, "watch", "--interval", "0.05", "--jsonl", str(results), *ids])
+    script = f'{watch} 2>{shlex.quote(str(stderr))} | head -n 1; exit "${{PIPESTATUS[0]}}"'
+    with anyio.fail_after(20):
+        result = await anyio.run_process(["bash", "-c", script], env=cli_env(base_url), check=False)
+    assert result.returncode == 1
+    assert len(result.stdout.splitlines()) == 1
+    assert "Traceback" not in stderr.read_text()
+    records(results)

@@ -1,0 +1,367 @@
+"""The ``vsr-async`` commands: status, create, watch, emulator, demo."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import click
+
+from vsr_async import Model, __version__
+from vsr_async._validate import check_model, check_task_id
+from vsr_async.testing import Emulator, Faults
+
+from ._demo import run_demo
+from ._display import CreatedIds, make_display, use_live_display
+from ._ids import check_video_url
+from ._jsonl import ResultsFile, ResultsFileError
+from ._options import (
+    EXIT_CODES,
+    ConfigError,
+    api_options,
+    backend_option,
+    collect,
+    concurrency_option,
+    exits,
+    from_file_option,
+    make_client,
+    pace_options,
+    plain_option,
+    run,
+)
+from ._run import Pace, query_all, run_batch
+from ._serve import serve
+from ._status import StatusPrinter
+from ._tally import Tally
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+MODELS = ", ".join(model.value for model in Model)
+
+
+@click.group(context_settings=CONTEXT, epilog=EXIT_CODES)
+@click.version_option(__version__, "-V", "--version", prog_name="vsr-async")
+@click.option("-v", "--verbose", is_flag=True, help="Log every retry and slow-down on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Create, watch and query video super-resolution tasks, thousands at a time.
+
+    The API key comes from VSR_API_KEY, the server from VSR_BASE_URL (default: the
+    provider's). Try `vsr-async demo`: it needs neither.
+    """
+    _log_to_stderr(ctx, logging.DEBUG if verbose else logging.WARNING)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("task_ids", nargs=-1, metavar="[ID|-]...")
+@from_file_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per task and line.")
+@concurrency_option
+@plain_option
+@api_options
+@exits
+def status(
+    *,
+    task_ids: tuple[str, ...],
+    files: tuple[IO[str], ...],
+    as_json: bool,
+    concurrency: int,
+    plain: bool,
+    api_key: str | None,
+    base_url: str | None,
+    backend: str,
+) -> int:
+    """Query each task once, concurrently: a table on a terminal, else one line per task."""
+    ids = collect(task_ids, files, check_task_id, what="task IDs")
+    client = make_client(api_key, base_url, concurrency)
+    printer = StatusPrinter(as_json=as_json, table=use_live_display(plain=plain))
+    query = functools.partial(query_all, client, ids, concurrency=concurrency, show=printer.show)
+    outcome = run(backend, query)
+    printer.close()
+    _report_fatal(outcome.fatal)
+    return outcome.exit_code()
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("task_ids", nargs=-1, metavar="[ID|-]...")
+@from_file_option
+@click.option(
+    "--jsonl",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Append every transition to FILE as a JSON line, flushed at once and synced to disk "
+    "when a task ends. Run the same command again to resume: tasks FILE holds as ended are "
+    "skipped. With no IDs, watch those FILE holds as unfinished.",
+)
+@pace_options
+@api_options
+@exits
+def watch(
+    *,
+    task_ids: tuple[str, ...],
+    files: tuple[IO[str], ...],
+    jsonl: Path | None,
+    interval: float,
+    timeout: float | None,
+    concurrency: int,
+    plain: bool,
+    api_key: str | None,
+    base_url: str | None,
+    backend: str,
+) -> int:
+    """Watch tasks, all at once, until each has completed or failed.
+
+    On a terminal: counts per status, a progress bar with ETA, the latest changes, then a
+    summary. Elsewhere (a pipe, CI, NO_COLOR, --plain): one line per change.
+    """
+    resume_only = jsonl is not None and not task_ids and not files
+    ids = collect(task_ids, files, check_task_id, what="task IDs", required=not resume_only)
+    client = make_client(api_key, base_url, concurrency)
+    results = _open_results(jsonl)
+    try:
+        if results is not None and resume_only:
+            ids = list(results.task_ids)
+            if not ids:
+                raise click.UsageError("no task IDs: give some, or a --jsonl file that has some")
+        tally = Tally()
+        for task_id in ids:
+            record = None if results is None else results.finished.get(task_id)
+            if record is None:
+                tally.expect(task_id)
+            else:
+                tally.resume(task_id, record)
+        title = f"Watching {len(ids)} tasks at {client.base_url}"
+        display = make_display(tally, plain=plain, title=title)
+        if tally.resumed:
+            display.note(f"{tally.resumed} tasks already ended in {jsonl}: not watched again.")
+        pace = Pace(interval=interval, timeout=timeout, concurrency=concurrency)
+        to_watch = [task_id for task_id in ids if task_id not in tally.outcomes]
+        batch = functools.partial(
+            run_batch, client, tally, display, pace=pace, ids=to_watch, results=results
+        )
+        return _run_batch(backend, batch, tally, results, resume="run the same command again")
+    finally:
+        if results is not None:
+            results.close()
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("video_urls", nargs=-1, metavar="[VIDEO_URL|-]...")
+@click.option("-m", "--model", required=True, help=f"The model to use, one of: {MODELS}.")
+@from_file_option
+@click.option("--watch", "then_watch", is_flag=True, help="Watch the new tasks at once.")
+@click.option(
+    "--jsonl",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Append each new task, and with --watch each transition, to FILE as a JSON line. "
+    "`vsr-async watch --jsonl FILE` later watches the unfinished ones.",
+)
+@pace_options
+@api_options
+@exits
+def create(
+    *,
+    video_urls: tuple[str, ...],
+    model: str,
+    files: tuple[IO[str], ...],
+    then_watch: bool,
+    jsonl: Path | None,
+    interval: float,
+    timeout: float | None,
+    concurrency: int,
+    plain: bool,
+    api_key: str | None,
+    base_url: str | None,
+    backend: str,
+) -> int:
+    """Create a task per video URL, concurrently, and print the new IDs.
+
+    Each create is billed and never retried once sent, so a rerun creates them all again.
+    """
+    urls = collect(video_urls, files, check_video_url, what="video URLs")
+    try:
+        check_model(model)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--model'") from None
+    if model not in {known.value for known in Model}:
+        click.echo(f"Warning: {model!r} is not a model this version knows; trying it.", err=True)
+    client = make_client(api_key, base_url, concurrency)
+    results = _open_results(jsonl)
+    try:
+        tally = Tally()
+        if then_watch:
+            title = f"Creating and watching {len(urls)} tasks at {client.base_url}"
+            display = make_display(tally, plain=plain, title=title)
+        else:
+            display = CreatedIds(tally)
+        pace = Pace(interval=interval, timeout=timeout, concurrency=concurrency)
+        creates = [(url, model) for url in urls]
+        batch = functools.partial(
+            run_batch,
+            client,
+            tally,
+            display,
+            pace=pace,
+            creates=creates,
+            watch=then_watch,
+            results=results,
+        )
+        resume = f"vsr-async watch --jsonl {jsonl}"
+        return _run_batch(backend, batch, tally, results, resume=resume, watched=then_watch)
+    finally:
+        if results is not None:
+            results.close()
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to serve on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, help="The port.  [default: any free one]"
+)
+@click.option("--seed", type=int, help="Make task IDs, timelines and faults reproducible.")
+@click.option("--key", default="emulator-key", show_default=True, help="The API key it accepts.")
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of API requests answered 500, 502 or 503.",
+)
+@click.option(
+    "--rate-limit-rate", type=click.FloatRange(0, 1), default=0.0, help="Share answered 429."
+)
+@click.option(
+    "--retry-after",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Retry-After seconds on a 429.",
+)
+@click.option(
+    "--latency", type=click.FloatRange(min=0), default=0.0, help="Seconds before each answer."
+)
+@click.option(
+    "--malformed-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share answered 200 with a broken body.",
+)
+@click.option(
+    "--loose", is_flag=True, help="Answer as loosely as this provider family sometimes does."
+)
+@backend_option
+@exits
+def emulator(
+    *,
+    host: str,
+    port: int,
+    seed: int | None,
+    key: str,
+    error_rate: float,
+    rate_limit_rate: float,
+    retry_after: float,
+    latency: float,
+    malformed_rate: float,
+    loose: bool,
+    backend: str,
+) -> int:
+    """Serve the bundled API emulator, to test your own code against; prints its URL and key.
+
+    Tasks created on it end within 4 s, most of them completed. Ctrl-C stops it.
+    """
+    _need_emulator_extra()
+    faults = Faults(
+        error_rate=error_rate,
+        rate_limit_rate=rate_limit_rate,
+        retry_after=retry_after,
+        latency=latency,
+        malformed_rate=malformed_rate,
+    )
+    app = Emulator(api_key=key, seed=seed, faults=faults, loose=loose)
+    try:
+        run(backend, serve, app, host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    return 0
+
+
+@cli.command()
+@click.option(
+    "--tasks", type=click.IntRange(min=1), default=36, show_default=True, help="How many tasks."
+)
+@click.option("--seed", type=int, help="Make the run reproducible.")
+@plain_option
+@backend_option
+@exits
+def demo(tasks: int, seed: int | None, plain: bool, backend: str) -> int:
+    """Create and watch a few dozen tasks on the bundled emulator, while it injects faults.
+
+    The same code as `create --watch`, against a loopback port; no key needed, about 10 s.
+    """
+    _need_emulator_extra()
+    return run(backend, functools.partial(run_demo, tasks, seed, plain=plain))
+
+
+def _need_emulator_extra() -> None:
+    if importlib.util.find_spec("hypercorn") is None:
+        raise ConfigError("this needs the emulator extra: pip install 'vsr-async[emulator]'")
+
+
+def _open_results(path: Path | None) -> ResultsFile | None:
+    if path is None:
+        return None
+    results = ResultsFile(path)
+    try:
+        results.open()
+    except ResultsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    if results.cut_torn_line:
+        click.echo(f"Note: cut off the last line of {path}, torn by an earlier crash.", err=True)
+    return results
+
+
+def _run_batch(
+    backend: str,
+    batch: Callable[[], Awaitable[None]],
+    tally: Tally,
+    results: ResultsFile | None,
+    *,
+    resume: str,
+    watched: bool = True,
+) -> int:
+    """Run ``batch`` and say what went wrong; returns the exit code."""
+    run(backend, batch)
+    _report_fatal(tally.fatal)
+    if tally.interrupted and results is not None:
+        click.echo(f"To resume: {resume}", err=True)
+    return tally.exit_code(watched=watched)
+
+
+def _report_fatal(message: str | None) -> None:
+    if message is not None:
+        click.echo(f"Error: the API refused the key: {message}", err=True)
+
+
+class _EchoHandler(logging.Handler):
+    """Library log records as ``Warning: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{record.levelname.capitalize()}: {self.format(record)}", err=True)
+
+
+def _log_to_stderr(ctx: click.Context, level: int) -> None:
+    logger = logging.getLogger("vsr_async")
+    handler, old_level = _EchoHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+    ctx.call_on_close(restore)

@@ -1,0 +1,296 @@
+"""How a batch shows itself: a live display on a terminal, one plain line per event elsewhere.
+
+Both read the batch's `Tally`; the runner tells them what happened as it happens.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from ._tally import GAVE_UP, WAITING
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from rich.console import RenderableType
+
+    from vsr_async import Transition
+
+    from ._tally import Outcome, Tally
+
+#: Seconds between two frames of the live display.
+REFRESH_INTERVAL = 0.25
+#: Transitions the live display keeps on screen.
+LATEST = 8
+#: Failures the live summary lists; plain output lists them all.
+MAX_FAILURES_SHOWN = 20
+STYLES = {
+    WAITING: "dim",
+    "queued": "cyan",
+    "processing": "yellow",
+    "completed": "green",
+    "failed": "red",
+    GAVE_UP: "magenta",
+}
+
+
+def use_live_display(*, plain: bool) -> bool:
+    """Whether stdout is a terminal that wants the live display (not ``--plain``, ``NO_COLOR``)."""
+    return (
+        not plain
+        and sys.stdout.isatty()
+        and not os.environ.get("NO_COLOR")
+        and os.environ.get("TERM") != "dumb"
+    )
+
+
+class Display(Protocol):
+    """What the runner tells a display. Used as a context manager around the batch."""
+
+    def __enter__(self) -> Display: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def refresh_forever(self) -> None:
+        """Redraw until cancelled (a live display), or return at once."""
+
+    def note(self, text: str) -> None:
+        """Say something about the batch as a whole."""
+
+    def created(self, task_id: str, video_url: str) -> None:
+        """A task was created."""
+
+    def create_failed(self, video_url: str, reason: str) -> None:
+        """A create failed."""
+
+    def transition(self, transition: Transition) -> None:
+        """A watched task changed."""
+
+    def summary(self) -> None:
+        """Show how the batch ended."""
+
+
+def describe(transition: Transition) -> str:
+    """A transition in one line: ``ID  previous -> status  URL-or-reason``."""
+    if transition.error is not None:
+        return f"{transition.task_id}  gave up: {transition.error}"
+    line = f"{transition.task_id}  {transition.previous or 'new'} -> {transition.status}"
+    task = transition.task
+    if task is not None and task.video_url:
+        line += f"  {task.video_url}"
+    if task is not None and task.error:
+        line += f"  ({task.error})"
+    return line
+
+
+def headline(tally: Tally) -> str:
+    """The summary's first line: how many tasks ended how, in how long."""
+    ended = collections.Counter(outcome.status for outcome in tally.outcomes.values())
+    parts = [f"{count} {status}" for status, count in sorted(ended.items())]
+    if tally.create_failures:
+        parts.append(f"{len(tally.create_failures)} not created")
+    unfinished = tally.total - len(tally.outcomes)
+    if unfinished:
+        parts.append(f"{unfinished} not finished")
+    resumed = f" ({tally.resumed} ended in an earlier run)" if tally.resumed else ""
+    what = "Interrupted" if tally.interrupted else "Done"
+    return (
+        f"{what} after {tally.elapsed:.1f} s: {len(tally.outcomes)} of {tally.total} tasks "
+        f"ended{resumed}: {', '.join(parts) or 'none'}"
+    )
+
+
+def failures(tally: Tally) -> list[Outcome]:
+    """The tasks that ended without completing, in the batch's order."""
+    return [
+        outcome
+        for task_id in tally.current
+        if (outcome := tally.outcomes.get(task_id)) and outcome.status != "completed"
+    ]
+
+
+class PlainDisplay:
+    """One line per event on stdout, flushed at once, with no control codes."""
+
+    def __init__(self, tally: Tally) -> None:
+        self._tally = tally
+
+    def __enter__(self) -> PlainDisplay:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+    async def refresh_forever(self) -> None:
+        """Nothing to redraw."""
+
+    def note(self, text: str) -> None:
+        """Print ``text``."""
+        click.echo(text)
+
+    def created(self, task_id: str, video_url: str) -> None:
+        """Print the new ID and its input."""
+        click.echo(f"{self._stamp()}  {task_id}  created from {video_url}")
+
+    def create_failed(self, video_url: str, reason: str) -> None:
+        """Print why a create failed."""
+        click.echo(f"{self._stamp()}  could not create from {video_url}: {reason}")
+
+    def transition(self, transition: Transition) -> None:
+        """Print the transition."""
+        click.echo(f"{self._stamp()}  {describe(transition)}")
+
+    def summary(self) -> None:
+        """Print the headline, then every failure and failed create, one per line."""
+        click.echo(f"\n{headline(self._tally)}")
+        for outcome in failures(self._tally):
+            click.echo(f"{outcome.status:>9}  {outcome.task_id}  {outcome.detail}")
+        for video_url, reason in self._tally.create_failures:
+            click.echo(f"not created  {video_url}  {reason}")
+
+    def _stamp(self) -> str:
+        return f"{self._tally.elapsed:8.2f}s"
+
+
+class LiveDisplay:
+    """Counts per status, a progress bar with ETA, the latest transitions, then a summary."""
+
+    def __init__(self, tally: Tally, *, title: str, console: Console | None = None) -> None:
+        self._tally = tally
+        self._title = title
+        self._console = console or Console(highlight=False)
+        self._progress = Progress(
+            BarColumn(bar_width=40),
+            MofNCompleteColumn(),
+            TextColumn("finished"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self._console,
+        )
+        self._bar = self._progress.add_task("tasks", total=None)
+        self._latest: collections.deque[Text] = collections.deque(maxlen=LATEST)
+        self._live = Live(console=self._console, get_renderable=self._render, auto_refresh=False)
+
+    def __enter__(self) -> LiveDisplay:
+        self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._live.stop()  # draws the last frame and leaves it on screen
+
+    async def refresh_forever(self) -> None:
+        """Redraw every `REFRESH_INTERVAL` until cancelled."""
+        while True:
+            self._live.refresh()
+            await anyio.sleep(REFRESH_INTERVAL)
+
+    def note(self, text: str) -> None:
+        """Print ``text`` above the display."""
+        self._console.print(text, markup=False)
+
+    def created(self, task_id: str, video_url: str) -> None:
+        """Print the new ID above the display, so it stays in the scrollback."""
+        self._console.print(f"created {task_id} from {video_url}", markup=False)
+
+    def create_failed(self, video_url: str, reason: str) -> None:
+        """Print why a create failed, above the display."""
+        self._console.print(Text(f"could not create from {video_url}: {reason}", style="red"))
+
+    def transition(self, transition: Transition) -> None:
+        """Add the transition to the latest ones."""
+        line = Text(
+            f"{self._tally.elapsed:7.1f}s  ", style="dim", no_wrap=True, overflow="ellipsis"
+        )
+        status = self._tally.current.get(transition.task_id, "")
+        line.append(describe(transition), style=STYLES.get(status, ""))
+        self._latest.append(line)
+
+    def summary(self) -> None:
+        """Print the headline and a table of the failures (the first `MAX_FAILURES_SHOWN`)."""
+        tally = self._tally
+        self._console.print()
+        self._console.print(Text(headline(tally), style="bold"))
+        rows = [
+            (outcome.task_id, Text(outcome.status, STYLES.get(outcome.status, "")), outcome.detail)
+            for outcome in failures(tally)
+        ]
+        rows += [(url, Text("not created", "red"), reason) for url, reason in tally.create_failures]
+        if rows:
+            table = Table("task", "status", "reason", title="Not completed", title_justify="left")
+            for row in rows[:MAX_FAILURES_SHOWN]:
+                table.add_row(*row)
+            self._console.print(table)
+            if len(rows) > MAX_FAILURES_SHOWN:
+                hidden = len(rows) - MAX_FAILURES_SHOWN
+                self._console.print(f"... and {hidden} more (--plain lists them all)")
+
+    def _render(self) -> RenderableType:
+        tally = self._tally
+        self._progress.update(self._bar, total=tally.total or None, completed=len(tally.outcomes))
+        counts = Text()
+        for label in tally.labels():
+            counts.append(f"{label} ", style=STYLES.get(label, "blue"))
+            counts.append(f"{tally.counts[label]}   ", style="bold")
+        title = Text(self._title, style="bold")
+        latest = [Text("latest:", style="dim"), *self._latest] if self._latest else []
+        return Group(title, counts, self._progress, *latest)
+
+
+class CreatedIds(PlainDisplay):
+    """``create`` without ``--watch``: each new ID alone on a line of stdout, to pipe on."""
+
+    def created(self, task_id: str, video_url: str) -> None:  # noqa: ARG002 (the Display protocol)
+        """Print the new ID."""
+        click.echo(task_id)
+
+    def create_failed(self, video_url: str, reason: str) -> None:
+        """Say why a create failed, on stderr."""
+        click.echo(f"Could not create from {video_url}: {reason}", err=True)
+
+    def summary(self) -> None:
+        """Count what was created, on stderr."""
+        tally = self._tally
+        failed = f"; {len(tally.create_failures)} failed" if tally.create_failures else ""
+        stopped = " before Ctrl-C" if tally.interrupted else ""
+        click.echo(f"Created {tally.total} tasks{stopped}{failed}.", err=True)
+
+
+def make_display(tally: Tally, *, plain: bool, title: str) -> Display:
+    """The live display on a terminal that wants it, else plain lines."""
+    if use_live_display(plain=plain):
+        return LiveDisplay(tally, title=title)
+    return PlainDisplay(tally)

@@ -1,0 +1,232 @@
+"""Options shared by several commands, and turning them into a client, a list of IDs, a run."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+import warnings
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import click
+
+from vsr_async import AsyncVSRClient
+from vsr_async._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_INTERVAL, DEFAULT_MAX_CONNECTIONS
+from vsr_async._validate import check_seconds
+
+from ._ids import BadLinesError, Collected
+from ._tally import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+F = TypeVar("F", bound="Callable[..., Any]")
+T = TypeVar("T")
+
+EXIT_CODES = """\b
+Exit codes:
+  0    every task completed (or was created, for create without --watch)
+  1    some task failed, was given up, or could not be created or queried
+  2    usage or configuration error: a bad flag, no API key, an invalid ID
+  3    the API refused the key (401 or 403)
+  130  interrupted (Ctrl-C)"""
+
+
+class ConfigError(click.ClickException):
+    """A configuration problem: shown as one ``Error:`` line, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def seconds(*, finite: bool) -> Callable[[click.Context, click.Parameter, float | None], Any]:
+    """A callback refusing what the library would: zero, negative (and infinite, if ``finite``)."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+        if value is None:
+            return None
+        try:
+            return check_seconds("it", value, finite=finite)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).removeprefix("it ")) from None
+
+    return check
+
+
+def exits(command: F) -> F:
+    """Make a command's returned int its exit code, Ctrl-C outside a batch exit 130, and a
+    reader that went away (``| head``) a quiet exit 1, as click does."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = command(*args, **kwargs)
+        except BaseException as exc:  # task groups wrap these in exception groups
+            if _only(KeyboardInterrupt, exc):
+                click.echo("\nInterrupted.", err=True)
+                code = EXIT_INTERRUPTED
+            elif _only(BrokenPipeError, exc):
+                # Python flushes stdout at exit, which would fail again: point it at devnull.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                code = EXIT_FAILED
+            else:
+                raise
+        click.get_current_context().exit(code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _only(kind: type[BaseException], exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``kind``, or an exception group of nothing else."""
+    if isinstance(exc, kind):
+        return True
+    inner: Sequence[BaseException] = getattr(exc, "exceptions", ())
+    return bool(inner) and all(_only(kind, each) for each in inner)
+
+
+def api_options(command: F) -> F:
+    """``--api-key``, ``--base-url`` and ``--backend``."""
+    for option in reversed(
+        [
+            click.option(
+                "--api-key",
+                envvar=API_KEY_ENV,
+                metavar="KEY",
+                help=f"The API key. Default: ${API_KEY_ENV}. The environment is safer: a flag "
+                "shows in `ps` and in your shell history.",
+            ),
+            click.option(
+                "--base-url",
+                envvar=BASE_URL_ENV,
+                metavar="URL",
+                help=f"The API's root URL. Default: ${BASE_URL_ENV}, else the provider's.",
+            ),
+            backend_option,
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def pace_options(command: F) -> F:
+    """``--interval``, ``--timeout``, ``--concurrency`` and ``--plain``."""
+    for option in reversed(
+        [
+            click.option(
+                "--interval",
+                type=float,
+                metavar="SECONDS",
+                callback=seconds(finite=True),
+                default=DEFAULT_INTERVAL,
+                show_default=True,
+                help="Seconds between two polls of one task.",
+            ),
+            click.option(
+                "--timeout",
+                type=float,
+                metavar="SECONDS",
+                callback=seconds(finite=False),
+                default=None,
+                help="Give a task up after this many seconds (it counts as not completed). "
+                "Default: never.",
+            ),
+            concurrency_option,
+            plain_option,
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(["asyncio", "trio"]),
+    default="asyncio",
+    show_default=True,
+    help="The event loop to run on.",
+)
+concurrency_option = click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="Requests in flight at once.",
+)
+plain_option = click.option(
+    "--plain",
+    is_flag=True,
+    help="One plain line per event, even on a terminal (also with NO_COLOR, or off a terminal).",
+)
+from_file_option = click.option(
+    "--from-file",
+    "files",
+    type=click.File("r", encoding="utf-8-sig"),
+    multiple=True,
+    metavar="FILE",
+    help="Read more, one per line ('-' for stdin); blank lines and # comments are skipped.",
+)
+
+
+def make_client(api_key: str | None, base_url: str | None, concurrency: int) -> AsyncVSRClient:
+    """A client, or a `ConfigError` naming what is missing or wrong (never quoting the key)."""
+    if not api_key:
+        raise ConfigError(f"no API key: set {API_KEY_ENV} (or pass --api-key)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            client = AsyncVSRClient(api_key, base_url=base_url, max_connections=concurrency)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    for warning in caught:
+        click.echo(f"Warning: {warning.message}", err=True)
+    return client
+
+
+def collect(
+    arguments: Iterable[str],
+    files: Iterable[IO[str]],
+    check: Callable[[str], object],
+    *,
+    what: str,
+    required: bool = True,
+) -> list[str]:
+    """The items from ``arguments`` (``-`` reads stdin) then ``files``, checked and deduplicated.
+
+    Raises:
+        ConfigError: Some are invalid (each named with its line).
+        click.UsageError: There are none, and some are ``required``.
+    """
+    collected = Collected()
+    values = list(arguments)
+    sources = list(files)
+    if "-" in values:
+        values = [value for value in values if value != "-"]
+        sources.insert(0, sys.stdin)
+    collected.add_arguments(values, check)
+    for source in sources:  # stdin named twice is read once: the second time it is empty
+        collected.add_lines(source, _name(source), check)
+    try:
+        items = collected.result().items
+    except BadLinesError as exc:
+        raise ConfigError(f"invalid {what}:\n{exc}") from None
+    if not items and required:
+        raise click.UsageError(
+            f"no {what}: give them as arguments, with --from-file FILE, or - for stdin"
+        )
+    if collected.duplicates:
+        click.echo(f"Note: {collected.duplicates} duplicate {what} taken once.", err=True)
+    return items
+
+
+def _name(source: IO[str]) -> str:
+    name = getattr(source, "name", "<stdin>")
+    return "stdin" if name in ("<stdin>", "-") else str(name)
+
+
+def run(backend: str, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``function(*args)`` on ``backend``."""
+    if backend == "trio" and importlib.util.find_spec("trio") is None:
+        raise ConfigError("--backend trio needs trio: pip install trio")
+    return anyio.run(function, *args, backend=backend)

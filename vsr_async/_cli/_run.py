@@ -1,0 +1,255 @@
+"""Running a batch: create, watch and query concurrently, record results, stop cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+
+from vsr_async import AuthenticationError, PermissionDeniedError, Transition, VSRError
+
+from ._jsonl import transition_record
+from ._tally import EXIT_AUTH, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+    from anyio.abc import TaskGroup
+
+    from vsr_async import AsyncVSRClient, Model, Task, Watcher
+
+    from ._display import Display
+    from ._jsonl import ResultsFile
+    from ._tally import Tally
+
+#: A refused key ends the whole batch: every other request would be refused too.
+_FATAL = (AuthenticationError, PermissionDeniedError)
+
+
+@attrs.frozen
+class Pace:
+    """The library's pacing arguments, as given on the command line."""
+
+    interval: float
+    timeout: float | None
+    concurrency: int
+
+
+async def run_until_interrupted(
+    work: Callable[[TaskGroup], Awaitable[None]],
+    *,
+    signals: Sequence[signal.Signals] = (signal.SIGINT,),
+) -> bool:
+    """Run ``work`` in a task group that the first of ``signals`` cancels.
+
+    ``work`` gets the task group, to start helpers in it and to cancel it. Returns whether a
+    signal stopped it. A second Ctrl-C, during the clean stop, raises `KeyboardInterrupt`.
+    """
+    interrupted = False
+
+    async def listen(scope: anyio.CancelScope) -> None:
+        nonlocal interrupted
+        with anyio.open_signal_receiver(*signals) as received:
+            async for _ in received:
+                interrupted = True
+                scope.cancel()
+                return
+
+    async with anyio.create_task_group() as task_group:
+        # Signal handlers can only be set from the main thread (and not by asyncio on Windows).
+        if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
+            task_group.start_soon(listen, task_group.cancel_scope)
+        await work(task_group)
+        task_group.cancel_scope.cancel()
+    return interrupted
+
+
+async def run_batch(
+    client: AsyncVSRClient,
+    tally: Tally,
+    display: Display,
+    *,
+    pace: Pace,
+    ids: Iterable[str] = (),
+    creates: Sequence[tuple[str, Model | str]] = (),
+    watch: bool = True,
+    results: ResultsFile | None = None,
+    after_creates: Callable[[], None] | None = None,
+) -> None:
+    """Create tasks from ``creates`` and watch them and ``ids`` until all end, or Ctrl-C.
+
+    Everything that happens goes to ``tally``, ``display`` and ``results``; a refused key
+    stops the batch with ``tally.fatal`` set. ``after_creates`` is called once every create
+    has been answered. The summary is shown last, however the batch ended.
+    """
+    batch = _Batch(client, tally, display, results, pace)
+
+    async def work(task_group: TaskGroup) -> None:
+        batch.stop = task_group.cancel_scope
+        task_group.start_soon(display.refresh_forever)
+        async with client:
+            if watch:
+                await batch.watch(ids, creates, after_creates)
+            else:
+                await batch.create_all(creates, None)
+
+    with display:
+        tally.interrupted = await run_until_interrupted(work)
+    display.summary()
+
+
+@attrs.define
+class _Batch:
+    """One run of `run_batch`: what its parts share."""
+
+    client: AsyncVSRClient
+    tally: Tally
+    display: Display
+    results: ResultsFile | None
+    pace: Pace
+    stop: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    #: The status recorded at creation, so the watch's first sighting is not recorded twice.
+    created: dict[str, str] = attrs.field(factory=dict)
+
+    async def watch(
+        self,
+        ids: Iterable[str],
+        creates: Sequence[tuple[str, Model | str]],
+        after_creates: Callable[[], None] | None,
+    ) -> None:
+        pace = self.pace
+        async with (
+            self.client.watch(
+                ids,
+                interval=pace.interval,
+                timeout=pace.timeout,
+                max_concurrency=pace.concurrency,
+                keep_open=bool(creates),
+            ) as watcher,
+            anyio.create_task_group() as creators,
+        ):
+            if creates:
+
+                async def create_then_close() -> None:
+                    await self.create_all(creates, watcher)
+                    if after_creates is not None:
+                        after_creates()
+                    watcher.done_adding()
+
+                creators.start_soon(create_then_close)
+            try:
+                async for transition in watcher:
+                    await self.observe(transition)
+            except _FATAL as exc:
+                self.fail(exc)
+
+    async def observe(self, transition: Transition) -> None:
+        self.tally.observe(transition)
+        self.display.transition(transition)
+        first_sighting = transition.previous is None
+        if first_sighting and self.created.pop(transition.task_id, None) == str(transition.status):
+            return  # recorded when created
+        if self.results is not None:
+            record = transition_record(transition)
+            await self.results.append(record, durable=transition.is_final)
+
+    async def create_all(
+        self, creates: Iterable[tuple[str, Model | str]], watcher: Watcher | None
+    ) -> None:
+        """Create the tasks, ``concurrency`` at a time, handing each to ``watcher`` at once."""
+        pending = iter(creates)
+
+        async def create() -> None:
+            for video_url, model in pending:
+                try:
+                    task = await self.client.create_task(video_url, model=model)
+                except _FATAL as exc:
+                    self.fail(exc)
+                    return
+                except VSRError as exc:
+                    self.tally.create_failures.append((video_url, str(exc)))
+                    self.display.create_failed(video_url, str(exc))
+                    continue
+                await self.record_created(task, video_url)
+                if watcher is not None:
+                    watcher.add(task.id)
+
+        async with anyio.create_task_group() as task_group:
+            for _ in range(self.pace.concurrency):
+                task_group.start_soon(create)
+
+    async def record_created(self, task: Task, video_url: str) -> None:
+        """Count, show and durably record a new task: it is billed, its ID must not be lost."""
+        self.tally.expect(task.id)
+        self.display.created(task.id, video_url)
+        if self.results is not None:
+            self.created[task.id] = str(task.status)
+            record = transition_record(Transition(task.id, None, task))
+            await self.results.append(record, durable=True)
+
+    def fail(self, exc: VSRError) -> None:
+        """Stop everything: the key was refused, so every other request would be too."""
+        self.tally.fatal = str(exc)
+        self.stop.cancel()
+
+
+@attrs.define
+class Queried:
+    """How a ``status`` run went."""
+
+    failed: int = 0  # failed tasks, and IDs that could not be queried
+    fatal: str | None = None
+    interrupted: bool = False
+
+    def exit_code(self) -> int:
+        """130 if interrupted, 3 if the key was refused, 1 if anything failed, else 0."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self.fatal is not None:
+            return EXIT_AUTH
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+
+async def query_all(
+    client: AsyncVSRClient,
+    ids: Sequence[str],
+    *,
+    concurrency: int,
+    show: Callable[[str, Task | None, VSRError | None], None],
+) -> Queried:
+    """Query every task once, ``concurrency`` at a time; ``show`` each in input order."""
+    outcome = Queried()
+    answers: dict[int, tuple[Task | None, VSRError | None]] = {}
+    shown = 0
+    pending = iter(enumerate(ids))
+
+    async def query(stop: anyio.CancelScope) -> None:
+        nonlocal shown
+        for index, task_id in pending:
+            try:
+                answers[index] = (await client.get_task(task_id), None)
+            except _FATAL as exc:
+                outcome.fatal = str(exc)
+                stop.cancel()
+                return
+            except VSRError as exc:
+                answers[index] = (None, exc)
+            while shown in answers:  # everything before it is shown: show it, and what follows
+                task, error = answers.pop(shown)
+                outcome.failed += error is not None or (
+                    task is not None and task.status == "failed"
+                )
+                show(ids[shown], task, error)
+                shown += 1
+
+    async def work(task_group: TaskGroup) -> None:
+        async with client, anyio.create_task_group() as queries:
+            for _ in range(min(concurrency, len(ids))):
+                queries.start_soon(query, task_group.cancel_scope)
+
+    outcome.interrupted = await run_until_interrupted(work)
+    return outcome

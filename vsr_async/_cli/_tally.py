@@ -1,0 +1,124 @@
+"""What a batch knows of each task: counts for the display, outcomes for the summary, exit code."""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from vsr_async import Transition
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_INTERRUPTED = 130
+
+WAITING = "waiting"  # not seen yet
+GAVE_UP = "gave up"  # the watch stopped watching it: not found, past --timeout...
+#: The order of the display's counts; statuses this library does not know come before the last 3.
+LABELS = (WAITING, "queued", "processing", "completed", "failed", GAVE_UP)
+
+
+@attrs.frozen
+class Outcome:
+    """How a task ended: ``completed``, ``failed`` or ``gave up``, and the URL or the reason."""
+
+    task_id: str
+    status: str
+    detail: str | None
+
+
+@attrs.define
+class Tally:
+    """Every task of a batch, by its latest status, and how the batch ended.
+
+    Attributes:
+        current: Each task's latest status (or `WAITING`, or `GAVE_UP`), in the order added.
+        counts: Tasks per latest status.
+        outcomes: The tasks that ended, this run or in the results file of an earlier one.
+        resumed: How many outcomes came from the results file.
+        ended: Final transitions seen this run (one per task, if the watch keeps its word).
+        create_failures: ``(video_url, reason)`` of each create that failed.
+        interrupted: Ctrl-C stopped the batch.
+        fatal: Why the whole batch stopped (a refused key), if it did.
+    """
+
+    started: float = attrs.field(factory=time.monotonic)
+    current: dict[str, str] = attrs.field(factory=dict)
+    counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    outcomes: dict[str, Outcome] = attrs.field(factory=dict)
+    resumed: int = 0
+    ended: int = 0
+    create_failures: list[tuple[str, str]] = attrs.field(factory=list)
+    interrupted: bool = False
+    fatal: str | None = None
+
+    @property
+    def total(self) -> int:
+        """Tasks known to this batch."""
+        return len(self.current)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the batch started."""
+        return time.monotonic() - self.started
+
+    def expect(self, task_id: str) -> None:
+        """Count a task that is yet to be seen."""
+        if task_id not in self.current:
+            self._set(task_id, WAITING)
+
+    def resume(self, task_id: str, record: dict[str, Any]) -> None:
+        """Count a task as ended the way a terminal record of the results file says."""
+        status = str(record["status"])
+        detail = record.get("video_url") if status == "completed" else record.get("error")
+        self._set(task_id, status)
+        self.outcomes[task_id] = Outcome(task_id, status, None if detail is None else str(detail))
+        self.resumed += 1
+
+    def observe(self, transition: Transition) -> None:
+        """Count a transition; a final one becomes the task's outcome."""
+        task, error = transition.task, transition.error
+        status = GAVE_UP if error is not None else str(transition.status)
+        self._set(transition.task_id, status)
+        if not transition.is_final:
+            return
+        self.ended += 1
+        if error is not None:
+            detail: str | None = str(error)
+        elif task is not None and status == "completed":
+            detail = task.video_url
+        else:
+            detail = str(task.error) if task is not None and task.error else "no reason given"
+        self.outcomes[transition.task_id] = Outcome(transition.task_id, status, detail)
+
+    def exit_code(self, *, watched: bool = True) -> int:
+        """130 if interrupted, 3 if the key was refused, 1 if a create failed or (when
+        ``watched``) a task did not complete, else 0."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self.fatal is not None:
+            return EXIT_AUTH
+        every_one_completed = not watched or (
+            len(self.outcomes) == self.total
+            and all(outcome.status == "completed" for outcome in self.outcomes.values())
+        )
+        return EXIT_OK if every_one_completed and not self.create_failures else EXIT_FAILED
+
+    def labels(self) -> list[str]:
+        """The statuses to show, in flow order, with any unknown ones before the terminal ones."""
+        unknown = sorted(label for label in self.counts if label not in LABELS)
+        return [*LABELS[:3], *unknown, *LABELS[3:]]
+
+    def _set(self, task_id: str, status: str) -> None:
+        old = self.current.get(task_id)
+        if old is not None:
+            self.counts[old] -= 1
+            if not self.counts[old]:
+                del self.counts[old]
+        self.current[task_id] = status
+        self.counts[status] += 1
