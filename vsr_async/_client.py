@@ -70,7 +70,8 @@ class AsyncVSRClient:
         api_key: The Bearer key; defaults to ``$VSR_API_KEY``. Never shown in reprs,
             logs or errors.
         base_url: The API's root; defaults to ``$VSR_BASE_URL``, then the provider's URL.
-        timeout: Per request, seconds or an ``httpx.Timeout``.
+        timeout: Per request, seconds or an ``httpx.Timeout``. A caller's ``http_client``
+            keeps its own timeout unless this is given.
         max_retries: Retries of a failed query (connection errors, timeouts, 429, 5xx).
             A create is retried only when the request never left (connect errors).
         max_connections: Requests in flight at once; the size of the pool we create.
@@ -93,18 +94,28 @@ class AsyncVSRClient:
         self.base_url = check_base_url(base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
         self.max_retries = check_count("max_retries", max_retries, minimum=0)
         self.max_connections = check_count("max_connections", max_connections, minimum=1)
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        self._headers = {
+        headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
         self._owns_http_client = http_client is None
         if http_client is None:
+            # Headers and timeout set once on our own client keep them off every request's path.
             limits = httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             )
-            http_client = httpx.AsyncClient(timeout=self._timeout, limits=limits)
+            http_client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits)
+            self._request_headers: httpx.Headers | None = None
+            self._request_timeout: httpx.Timeout | httpx._client.UseClientDefault = (
+                httpx.USE_CLIENT_DEFAULT
+            )
+        else:
+            # The caller's client keeps its own timeout unless ours was asked for.
+            self._request_headers = httpx.Headers(headers)  # its repr hides the key
+            self._request_timeout = (
+                httpx.USE_CLIENT_DEFAULT if timeout is DEFAULT_TIMEOUT else httpx.Timeout(timeout)
+            )
         self._http = http_client
         # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
         self._limiter = anyio.CapacityLimiter(max_connections)
@@ -244,7 +255,8 @@ class AsyncVSRClient:
             interval: Seconds between two polls of one task (with a little jitter).
             timeout: Seconds after which a task still running is given up (its last
                 transition carries a `WaitTimeoutError`); ``None`` never gives up.
-            max_concurrency: Polls in flight at once; defaults to ``max_connections``.
+            max_concurrency: Polls in flight at once; at most (and by default)
+                ``max_connections``.
             keep_open: Keep watching, even with nothing left, until `Watcher.done_adding`.
 
         Raises:
@@ -257,7 +269,13 @@ class AsyncVSRClient:
             task_ids,
             interval=interval,
             timeout=timeout,
-            max_concurrency=self.max_connections if max_concurrency is None else max_concurrency,
+            max_concurrency=(
+                self.max_connections
+                if max_concurrency is None
+                else min(
+                    check_count("max_concurrency", max_concurrency, minimum=1), self.max_connections
+                )
+            ),
             keep_open=keep_open,
         )
 
@@ -272,7 +290,7 @@ class AsyncVSRClient:
     async def _send(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
         self._check_open()
         request = self._http.build_request(
-            method, url, headers=self._headers, json=json, timeout=self._timeout
+            method, url, headers=self._request_headers, json=json, timeout=self._request_timeout
         )
         try:
             async with self._limiter:
@@ -290,8 +308,9 @@ class AsyncVSRClient:
 
     def _parse(self, response: httpx.Response, **defaults: Any) -> Task:
         task = parse_task(response.content, **defaults)
-        if not isinstance(task.status, TaskStatus) and task.status not in self._unknown_statuses:
-            self._unknown_statuses.add(task.status)
+        status = task.status.casefold()
+        if not isinstance(task.status, TaskStatus) and status not in self._unknown_statuses:
+            self._unknown_statuses.add(status)
             logger.warning("unknown task status %r: treated as still running", task.status)
         return task
 

@@ -32,7 +32,8 @@ BACKOFF_FACTOR = 0.5
 BACKOFF_MAX = 8.0
 #: A ``Retry-After`` longer than this is not slept through by a request: it raises `RateLimitError`.
 MAX_RETRY_AFTER = 60.0
-#: Consecutive unreadable answers for one task before a watch gives that task up.
+#: A watch gives a task up at this many unreadable answers in a row (a proxy's HTML error
+#: page now and then is not the task's fault; an endless stream of them is).
 MAX_MALFORMED = 3
 
 #: How much of an unreadable body an error message quotes.

@@ -53,6 +53,7 @@ class APIStatusError(VSRError):
     Attributes:
         status_code: The HTTP status.
         message: The server's ``message``, or the reason phrase.
+        method: The request's method, and ``url`` its URL.
         request_id: The ``x-request-id`` header, if the server sent one: quote it to support.
         retry_after: The server's ``Retry-After`` in seconds, if any.
         body: The parsed JSON body, or ``None``.
@@ -66,11 +67,14 @@ class APIStatusError(VSRError):
         request_id: str | None = None,
         retry_after: float | None = None,
         body: Any = None,
-        request: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
     ) -> None:
-        prefix = f"{request} returned {status_code}" if request else f"HTTP {status_code}"
-        super().__init__(f"{prefix}: {message}")
+        prefix = f"{method} {url} returned" if method and url else "HTTP"
+        super().__init__(f"{prefix} {status_code}: {message}")
         self.message = message
+        self.method = method
+        self.url = url
         self.status_code = status_code
         self.request_id = request_id
         self.retry_after = retry_after
@@ -84,6 +88,9 @@ class APIStatusError(VSRError):
         if not isinstance(message, str) or not message:
             message = response.reason_phrase or "error"
         request = response.request
+        token = request.headers.get("authorization", "").partition(" ")[2]
+        if token and token in message:  # some servers echo the credential back
+            message = message.replace(token, "[secure]")
         error_class = _STATUS_ERRORS.get(response.status_code)
         if error_class is None:
             error_class = ServerError if response.status_code >= 500 else APIStatusError
@@ -93,7 +100,8 @@ class APIStatusError(VSRError):
             request_id=response.headers.get("x-request-id"),
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             body=body,
-            request=f"{request.method} {request.url}",
+            method=request.method,
+            url=str(request.url),
         )
 
 

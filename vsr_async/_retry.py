@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import islice
 
 import backoff
@@ -43,4 +44,8 @@ def backoff_delay(attempt: int) -> float:
     """The ``attempt``-th (from 0) capped exponential delay, with full jitter."""
     delays = backoff.expo(factor=BACKOFF_FACTOR, max_value=BACKOFF_MAX)
     next(delays)  # backoff's wait generators start with a bare yield
+    attempt = min(attempt, _LAST_GROWING_ATTEMPT)  # past it every delay is BACKOFF_MAX
     return float(backoff.full_jitter(next(islice(delays, attempt, None))))
+
+
+_LAST_GROWING_ATTEMPT = math.ceil(math.log2(BACKOFF_MAX / BACKOFF_FACTOR))

@@ -96,8 +96,9 @@ def check_base_url(url: object) -> str:
     parsed = check_http_url("base_url", url)
     if parsed.userinfo:
         raise ValueError("base_url must not contain credentials: pass the key as api_key")
-    if parsed.query or parsed.fragment:
-        raise ValueError(f"base_url must not have a query or a fragment, got {url!r}")
+    raw = str(url)
+    if "?" in raw or "#" in raw or raw != raw.strip():  # even an empty "?": we append paths
+        raise ValueError(f"base_url must not have a query, a fragment or spaces, got {url!r}")
     if parsed.scheme == "http" and not _is_loopback(parsed.host):
         warnings.warn(
             f"base_url {url!r} is plain http: the API key would cross the network unencrypted",

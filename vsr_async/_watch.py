@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from ._config import JITTER, MAX_MALFORMED, MAX_RETRY_AFTER
+from ._config import JITTER, MAX_MALFORMED
 from ._errors import (
     APIStatusError,
     AuthenticationError,
@@ -112,11 +112,13 @@ class Watcher:
         self._due: list[tuple[float, int, _Watched]] = []
         self._order = itertools.count()  # ties in the heap go to the first scheduled
         self._not_before = -math.inf  # the shared pause after a 429
+        self._throttled = 0  # consecutive 429s / Retry-Afters, across all tasks
         self._stopping = False
         self._started = False
+        self._undelivered = 0  # transitions sent or being sent, not yet received
         self._changed: anyio.Event | None = None
         self._task_group: TaskGroup | None = None
-        self._transitions: MemoryObjectReceiveStream[Transition | VSRError] | None = None
+        self._transitions: MemoryObjectReceiveStream[Transition | Exception | None] | None = None
 
     # The consumer's side.
 
@@ -125,11 +127,12 @@ class Watcher:
             raise RuntimeError("a Watcher can be entered only once")
         self._started = True
         self._changed = anyio.Event()
-        send, self._transitions = anyio.create_memory_object_stream[Transition | VSRError](
+        send, self._transitions = anyio.create_memory_object_stream[Transition | Exception | None](
             self._max_concurrency
         )
         jobs_in, jobs_out = anyio.create_memory_object_stream[_Watched]()
-        for task_id in self._initial:
+        initial, self._initial = self._initial, []
+        for task_id in initial:
             self.add(task_id)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
@@ -162,16 +165,25 @@ class Watcher:
     async def __anext__(self) -> Transition:
         if self._transitions is None:
             raise RuntimeError("use the Watcher in `async with client.watch(...)` first")
-        try:
-            item = await self._transitions.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopAsyncIteration from None
-        if isinstance(item, VSRError):  # an error that ends the whole watch
-            raise item
-        return item
+        while True:
+            # The consumer decides when the watch is over, so add() works until it is.
+            if not self._watched and not self._keep_open and not self._undelivered:
+                self._stopping = True
+                raise StopAsyncIteration
+            try:
+                item = await self._transitions.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise StopAsyncIteration from None
+            if item is None:  # the dispatcher's nudge: look at the condition again
+                continue
+            if isinstance(item, Exception):  # an error that ends the whole watch
+                raise item
+            self._undelivered -= 1
+            return item
 
     def add(self, task_id: str) -> None:
-        """Watch one more task; a task already watched is ignored.
+        """Watch one more task. One being watched is ignored; one that already ended in this
+        watch is watched again, from its first sighting.
 
         Raises:
             ValueError: ``task_id`` is invalid.
@@ -204,10 +216,14 @@ class Watcher:
     async def _dispatch(
         self,
         jobs: MemoryObjectSendStream[_Watched],
-        send: MemoryObjectSendStream[Transition | VSRError],
+        send: MemoryObjectSendStream[Transition | Exception | None],
     ) -> None:
         async with jobs, send:
-            while not self._stopping and (self._watched or self._keep_open):
+            while not self._stopping:
+                if not self._watched and not self._keep_open:
+                    await send.send(None)  # wake a consumer blocked in receive()
+                    await self._wait_changed()
+                    continue
                 now = anyio.current_time()
                 if self._due:
                     due, _, entry = self._due[0]
@@ -232,26 +248,35 @@ class Watcher:
     async def _work(
         self,
         jobs: MemoryObjectReceiveStream[_Watched],
-        send: MemoryObjectSendStream[Transition | VSRError],
+        send: MemoryObjectSendStream[Transition | Exception | None],
     ) -> None:
         async with jobs, send:
             async for entry in jobs:
-                await self._poll(entry, send)
+                if self._stopping:
+                    return
+                if anyio.current_time() < self._not_before:
+                    # Handed over just before a 429 paused the watch: wait like the rest.
+                    self._schedule(entry, self._not_before)
+                    continue
+                try:
+                    await self._poll(entry, send)
+                except Exception as exc:  # noqa: BLE001 (401/403, a closed client, a bug) ends the watch
+                    self._stopping = True
+                    self._wake()
+                    await send.send(exc)
+                    return
 
     async def _poll(
-        self, entry: _Watched, send: MemoryObjectSendStream[Transition | VSRError]
+        self, entry: _Watched, send: MemoryObjectSendStream[Transition | Exception | None]
     ) -> None:
         try:
             task = await self._client._fetch_task(self._client._task_url(entry.task_id))  # noqa: SLF001
-        except (AuthenticationError, PermissionDeniedError) as exc:
-            self._stopping = True  # the key is bad for every task: end the whole watch with it
-            self._wake()
-            await send.send(exc)
-            return
+        except (AuthenticationError, PermissionDeniedError):
+            raise  # the key is bad for every task: _work ends the whole watch with it
         except VSRError as exc:
             if isinstance(exc, ResponseValidationError):
                 entry.malformed += 1
-                give_up = entry.malformed > MAX_MALFORMED
+                give_up = entry.malformed >= MAX_MALFORMED
             else:
                 give_up = not is_transient(exc)  # 404, 400...: this task only
             if give_up:
@@ -263,11 +288,14 @@ class Watcher:
             return
         previous = _status(entry)
         entry.task, entry.failures, entry.malformed = task, 0, 0
+        self._throttled = 0
         transition = Transition(entry.task_id, previous, task)
         if task.is_terminal:
             await self._end(entry, send, transition)
             return
-        if task.status != previous:
+        if previous is None or task.status.casefold() != previous.casefold():
+            # (An unknown status is kept verbatim, but "Paused" and "PAUSED" are one status.)
+            self._undelivered += 1
             await send.send(transition)
         jitter = random.uniform(1 - JITTER, 1 + JITTER)
         self._schedule(entry, anyio.current_time() + self._interval * jitter)
@@ -275,23 +303,25 @@ class Watcher:
     def _retry_later(self, entry: _Watched, exc: VSRError) -> None:
         now = anyio.current_time()
         retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
-        if retry_after is None:
-            delay = backoff_delay(entry.failures)
-        else:
-            delay = min(retry_after, MAX_RETRY_AFTER)
-        entry.failures += 1
         if asks_to_slow_down(exc):
-            # The server asked us to slow down: every poller waits, not just this one.
-            self._not_before = max(self._not_before, now + delay)
+            # The server asked us to slow down: every poller waits, and longer each time.
+            self._throttled += 1
+            pause = retry_after if retry_after is not None else backoff_delay(self._throttled)
+            self._not_before = max(self._not_before, now + pause)
+        delay = retry_after if retry_after is not None else backoff_delay(entry.failures)
+        entry.failures += 1
+        # A failed poll never brings the next one closer than the normal interval.
+        delay = max(delay, self._interval * random.uniform(1 - JITTER, 1 + JITTER))
         logger.debug("polling %r failed (%s); again in %.2f s", entry.task_id, exc, delay)
         self._schedule(entry, now + delay)
 
     async def _end(
         self,
         entry: _Watched,
-        send: MemoryObjectSendStream[Transition | VSRError],
+        send: MemoryObjectSendStream[Transition | Exception | None],
         transition: Transition,
     ) -> None:
+        self._undelivered += 1
         del self._watched[entry.task_id]
         self._wake()
         await send.send(transition)
