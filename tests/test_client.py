@@ -192,6 +192,25 @@ def test_key_missing_is_refused() -> None:
         AsyncVSRClient()
 
 
+@pytest.mark.parametrize("key", [123, b"sk-bytes", ["sk"]])
+def test_key_of_the_wrong_type_is_a_type_error(key: object) -> None:
+    """A key that is not a string is a TypeError naming api_key (not an AttributeError)."""
+    with pytest.raises(TypeError, match="api_key must be a string"):
+        AsyncVSRClient(key)  # type: ignore[arg-type]
+
+
+async def test_key_echoed_by_the_server_is_masked() -> None:
+    """A server that quotes the credential in its error body does not put the key in our
+    exception's message, args or str."""
+    script = Script(reply(401, {"message": f"invalid token Bearer {SECRET}"}))
+    with pytest.raises(AuthenticationError) as info:
+        await make_client(script).get_task("task-1")
+    assert SECRET not in str(info.value)
+    assert SECRET not in info.value.message
+    assert all(SECRET not in str(arg) for arg in info.value.args)
+    assert "invalid token Bearer [secure]" in info.value.message
+
+
 @pytest.mark.parametrize("key", ["", "   ", "\t\n"])
 def test_key_blank_is_refused(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A blank key, given or from the environment, is refused."""

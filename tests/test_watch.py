@@ -1,0 +1,833 @@
+"""`AsyncVSRClient.watch`: many tasks at once, over a real loopback socket to the emulator."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import math
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+import pytest
+from _helpers import (
+    DROP,
+    KEY,
+    Answer,
+    Proxy,
+    by_task,
+    dedupe,
+    json_answer,
+    record_sends,
+    serve,
+    watcher_tasks,
+)
+
+import vsr_async._retry
+from vsr_async import (
+    AsyncVSRClient,
+    AuthenticationError,
+    Model,
+    PermissionDeniedError,
+    ResponseValidationError,
+    TaskNotFoundError,
+    TaskStatus,
+    Transition,
+    WaitTimeoutError,
+    Watcher,
+)
+from vsr_async._config import MAX_MALFORMED
+from vsr_async.testing import Emulator, Faults, Timeline
+
+if TYPE_CHECKING:
+    import random
+
+pytestmark = pytest.mark.anyio
+
+FOREVER = Timeline(((0.0, "queued"),))
+STUCK = Timeline(((0.0, "queued"), (0.05, "processing")))
+DONE = Timeline(((0.0, "completed"),))
+QUICK = Timeline.completed(queued=0.05, processing=0.1)
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backoff between retries of a failed poll in milliseconds, not seconds."""
+    monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
+    monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)
+
+
+def short_timeline(rng: random.Random) -> Timeline:
+    """Queued, processing, then completed or failed; each step long enough to be seen."""
+    queued, processing = rng.uniform(0.15, 0.4), rng.uniform(0.15, 0.4)
+    if rng.random() < 0.8:
+        return Timeline.completed(queued=queued, processing=processing)
+    return Timeline.failed(queued=queued, processing=processing)
+
+
+async def collect(client: AsyncVSRClient, ids: list[str], **options: object) -> list[Transition]:
+    """Watch ``ids`` to the end (of the watch, or of patience) and return what it yielded."""
+    with anyio.fail_after(30):
+        async with client.watch(ids, **options) as watcher:  # type: ignore[arg-type]
+            return [transition async for transition in watcher]
+
+
+def assert_well_formed(task_id: str, transitions: list[Transition]) -> None:
+    """One task's transitions: first sighting, then changes only (or the error that gave the
+    task up), each chained to the last, the final one last."""
+    assert transitions[0].previous is None
+    for before, after in itertools.pairwise(transitions):
+        assert after.previous == before.status
+        assert after.status != before.status or after.error is not None
+    assert [t.is_final for t in transitions] == [False] * (len(transitions) - 1) + [True]
+    assert all(t.task_id == task_id for t in transitions)
+    assert all(t.task is None or t.task.id == task_id for t in transitions)
+
+
+# 1. Each status change once, in order.
+
+
+async def test_each_status_change_is_yielded_once_in_order() -> None:
+    """Per task: the first sighting, every change and the end, once each and in order; exactly
+    the changes in what the server answered."""
+    emulator = Emulator(seed=11, timeline=short_timeline)
+    ids = [emulator.add_task() for _ in range(50)]
+    proxy = Proxy(emulator)
+    async with serve(proxy) as client:
+        transitions = await collect(client, ids, interval=0.05)
+
+    grouped = by_task(transitions)
+    assert sorted(grouped) == sorted(ids)
+    for task_id, mine in grouped.items():
+        assert_well_formed(task_id, mine)
+        assert [str(t.status) for t in mine] == dedupe(proxy.statuses(task_id))
+        final = mine[-1]
+        assert final.error is None
+        assert final.task is not None
+        assert final.task.is_terminal
+        assert final.status == TaskStatus(emulator.status_of(task_id))
+    # The timelines were slow enough for most tasks to be seen in all three states.
+    assert sum(len(mine) == 3 for mine in grouped.values()) >= 25
+
+
+async def test_same_status_in_another_case_is_not_a_change() -> None:
+    """Known statuses in any case (a loose server) are one status: no repeated transitions."""
+    emulator = Emulator(loose=True, timeline=Timeline.completed(queued=0.3, processing=0.3))
+    ids = [emulator.add_task() for _ in range(5)]
+    async with serve(emulator) as client:
+        transitions = await collect(client, ids, interval=0.03)
+    for task_id, mine in by_task(transitions).items():
+        assert_well_formed(task_id, mine)
+        assert [t.status for t in mine] == [
+            TaskStatus.QUEUED,
+            TaskStatus.PROCESSING,
+            TaskStatus.COMPLETED,
+        ]
+
+
+# 2. When the watch ends; add(); keep_open.
+
+
+async def test_add_extends_a_running_watch_and_ignores_duplicates() -> None:
+    """add() during the run watches one more task; an ID already watched (or listed twice)
+    is watched once; the watch ends by itself when all have ended."""
+    emulator = Emulator(timeline=QUICK)
+    first, second = emulator.add_task(), emulator.add_task()
+    transitions = []
+    async with serve(emulator) as client, client.watch([first, first], interval=0.03) as watcher:
+        assert watcher.watching == 1
+        async for transition in watcher:
+            transitions.append(transition)
+            if len(transitions) == 1:
+                watcher.add(second)
+                watcher.add(second)
+                watcher.add(first)
+                assert watcher.watching == 2
+        assert watcher.watching == 0
+    grouped = by_task(transitions)
+    assert sorted(grouped) == sorted([first, second])
+    for task_id, mine in grouped.items():
+        assert_well_formed(task_id, mine)
+        assert mine[-1].status is TaskStatus.COMPLETED
+
+
+async def test_add_on_the_last_final_transition_extends_the_watch() -> None:
+    """A follow-up added while handling the last task's final transition is still watched:
+    the watch is not over until the consumer has seen everything."""
+    emulator = Emulator()
+    first = emulator.add_task(DONE)
+    follow_up = emulator.add_task(QUICK)
+    transitions = []
+    async with serve(emulator) as client, client.watch([first], interval=0.03) as watcher:
+        with anyio.fail_after(10):
+            async for transition in watcher:
+                transitions.append(transition)
+                if transition.task_id == first:
+                    await anyio.sleep(0.1)  # let the watch notice it has nothing left
+                    watcher.add(follow_up)
+    grouped = by_task(transitions)
+    assert [t.status for t in grouped[first]] == [TaskStatus.COMPLETED]
+    assert_well_formed(follow_up, grouped[follow_up])
+    assert grouped[follow_up][-1].status is TaskStatus.COMPLETED
+
+
+async def test_add_after_the_end_raises() -> None:
+    """Once the watch has ended (by itself, or by leaving the block), add() is an error."""
+    emulator = Emulator()
+    task_id = emulator.add_task(DONE)
+    async with serve(emulator) as client:
+        async with client.watch([task_id], interval=0.03) as watcher:
+            assert [t.status async for t in watcher] == [TaskStatus.COMPLETED]
+            with pytest.raises(RuntimeError, match="ended"):
+                watcher.add(emulator.add_task())
+        with pytest.raises(RuntimeError, match="ended"):
+            watcher.add(emulator.add_task())
+        assert [t async for t in watcher] == []  # iterating a finished watch just stops
+
+
+async def test_an_empty_watch_ends_at_once() -> None:
+    """Nothing to watch (and no keep_open): the iteration ends without a request."""
+    emulator = Emulator()
+    async with serve(emulator) as client:
+        with anyio.fail_after(5):
+            assert await collect(client, [], interval=0.03) == []
+    assert emulator.requests == []
+
+
+async def test_keep_open_pipeline_creates_and_adds_while_iterating() -> None:
+    """keep_open=True keeps the watch going with nothing left to watch, until done_adding();
+    tasks created while iterating are watched as they come."""
+    emulator = Emulator(timeline=QUICK)
+    first_batch_done = anyio.Event()
+    created: list[str] = []
+    transitions: list[Transition] = []
+    watching_when_idle = []
+
+    async def produce(client: AsyncVSRClient, watcher: Watcher) -> None:
+        for _ in range(3):
+            task = await client.create_task(
+                "https://example.com/a.mp4", model=Model.SUPER_RESOLUTION_720P_LOWFPS
+            )
+            created.append(task.id)
+            watcher.add(task.id)
+        await first_batch_done.wait()
+        for _ in range(3):
+            task = await client.create_task(
+                "https://example.com/b.mp4", model="superResolution-4k-highfps"
+            )
+            created.append(task.id)
+            watcher.add(task.id)
+        watcher.done_adding()
+
+    async with (
+        serve(emulator) as client,
+        client.watch(interval=0.03, keep_open=True) as watcher,
+        anyio.create_task_group() as task_group,
+    ):
+        task_group.start_soon(produce, client, watcher)
+        with anyio.fail_after(20):
+            async for transition in watcher:
+                transitions.append(transition)
+                finals = sum(t.is_final for t in transitions)
+                if finals == 3 and not first_batch_done.is_set():
+                    watching_when_idle.append(watcher.watching)
+                    first_batch_done.set()
+
+    assert watching_when_idle == [0]  # nothing left, and still open
+    grouped = by_task(transitions)
+    assert sorted(grouped) == sorted(created)
+    assert len(created) == 6
+    for task_id, mine in grouped.items():
+        assert_well_formed(task_id, mine)
+        assert mine[-1].status is TaskStatus.COMPLETED
+
+
+async def test_done_adding_ends_an_idle_kept_open_watch() -> None:
+    """With keep_open=True a watch with nothing left waits (the consumer blocked in the
+    `async for`) until done_adding() is called, then ends."""
+    emulator = Emulator()
+    task_id = emulator.add_task(DONE)
+    done_adding_at = math.inf
+
+    async def finish_later(watcher: Watcher) -> None:
+        nonlocal done_adding_at
+        await anyio.sleep(0.3)  # the consumer is waiting in the `async for` by now
+        done_adding_at = time.monotonic()
+        watcher.done_adding()
+
+    transitions = []
+    async with (
+        serve(emulator) as client,
+        client.watch([task_id], interval=0.03, keep_open=True) as watcher,
+        anyio.create_task_group() as task_group,
+    ):
+        with anyio.fail_after(10):
+            async for transition in watcher:
+                transitions.append(transition)
+                task_group.start_soon(finish_later, watcher)
+        ended_at = time.monotonic()
+    assert [t.status for t in transitions] == [TaskStatus.COMPLETED]
+    assert ended_at >= done_adding_at
+
+
+async def test_add_of_an_ended_task_watches_it_again() -> None:
+    """add() of a task that already ended in this watch watches it again, from its first
+    sighting (as documented), rather than being lost."""
+    emulator = Emulator()
+    task_id = emulator.add_task(DONE)
+    transitions = []
+    async with (
+        serve(emulator) as client,
+        client.watch([task_id], interval=0.03, keep_open=True) as watcher,
+    ):
+        with anyio.fail_after(10):
+            async for transition in watcher:
+                transitions.append(transition)
+                if len(transitions) == 1:
+                    watcher.add(task_id)
+                else:
+                    watcher.done_adding()
+    assert [(t.previous, t.status) for t in transitions] == [(None, TaskStatus.COMPLETED)] * 2
+
+
+# 3. Polling schedule.
+
+
+async def test_first_poll_is_immediate() -> None:
+    """Every task is polled at once when the watch starts, not one interval later."""
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(10)]
+    async with serve(emulator) as client, client.watch(ids, interval=60.0) as watcher:
+        with anyio.fail_after(10):
+            seen = {(await watcher.__anext__()).task_id for _ in ids}
+    assert seen == set(ids)
+    assert sorted(r.task_id for r in emulator.requests) == sorted(ids)
+
+
+async def test_polls_every_interval_with_jitter() -> None:
+    """After the first poll, each task is polled about every `interval`, with jitter: some
+    gaps are shorter than the interval (a plain sleep can only make them longer), none is
+    much shorter, and they average near the interval."""
+    interval = 0.25
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(10)]
+    async with serve(emulator) as client:
+        start = time.monotonic()
+        transitions = await collect(client, ids, interval=interval, timeout=2.2)
+    assert all(isinstance(t.error, WaitTimeoutError) for t in transitions if t.is_final)
+    gaps = []
+    for task_id in ids:
+        times = [r.time for r in emulator.polls(task_id)]
+        assert times[0] - start < interval * 0.8  # the first poll did not wait
+        gaps += [after - before for before, after in itertools.pairwise(times)]
+    assert len(gaps) >= 50
+    assert min(gaps) > interval * 0.85
+    assert any(gap < interval for gap in gaps)
+    assert len({round(gap, 4) for gap in gaps}) > len(gaps) // 2
+    assert interval * 0.9 <= statistics.mean(gaps) <= interval * 1.3
+
+
+# 4. Bounded concurrency.
+
+
+async def test_in_flight_requests_never_exceed_max_concurrency() -> None:
+    """With 200 tasks and max_concurrency=5, the server never has more than 5 polls in flight
+    (and does have 5: the bound is used)."""
+    emulator = Emulator(faults=Faults(latency=0.02))
+    ids = [emulator.add_task(DONE) for _ in range(200)]
+    proxy = Proxy(emulator)
+    async with serve(proxy) as client:
+        transitions = await collect(client, ids, interval=0.05, max_concurrency=5)
+    assert sorted(t.task_id for t in transitions) == sorted(ids)
+    assert proxy.max_in_flight == 5
+
+
+async def test_small_pool_many_ids_no_pool_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    """300 tasks through a pool of 2 connections with a tiny pool timeout, asking for more
+    pollers than connections, while 50 get_task() calls share the client: requests queue in
+    front of httpx, and none fails with PoolTimeout."""
+    caplog.set_level(logging.DEBUG, logger="vsr_async")
+    emulator = Emulator(timeline=Timeline.completed(queued=0.05, processing=0.05))
+    emulator.faults.latency = 0.003
+    ids = [emulator.add_task() for _ in range(300)]
+    proxy = Proxy(emulator)
+    timeout = httpx.Timeout(10.0, pool=0.005)
+    fetched = []
+
+    async def get(client: AsyncVSRClient, task_id: str) -> None:
+        fetched.append(await client.get_task(task_id))
+
+    async with (
+        serve(proxy, max_connections=2, timeout=timeout) as client,
+        anyio.create_task_group() as task_group,
+    ):
+        for task_id in ids[:50]:
+            task_group.start_soon(get, client, task_id)
+        transitions = await collect(client, ids, interval=0.05, max_concurrency=30)
+    finals = [t for t in transitions if t.is_final]
+    assert sorted(t.task_id for t in finals) == sorted(ids)
+    assert all(t.error is None and t.status is TaskStatus.COMPLETED for t in finals)
+    assert len(fetched) == 50
+    assert proxy.max_in_flight <= 2
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or "fail" in r.message]
+    assert "PoolTimeout" not in caplog.text
+
+
+# 5. Transient failures.
+
+
+async def test_transient_failures_never_end_a_watch(fast_backoff: None) -> None:
+    """5xx, 429, malformed bodies and dropped connections are retried: every task still ends
+    in its real terminal state, exactly once, with no error."""
+    emulator = Emulator(
+        seed=5,
+        timeline=short_timeline,
+        faults=Faults(error_rate=0.2, rate_limit_rate=0.05, retry_after=0.02, malformed_rate=0.03),
+    )
+    ids = [emulator.add_task() for _ in range(30)]
+    proxy = Proxy(emulator, lambda _task_id, n: DROP if n % 17 == 0 else None)
+    async with serve(proxy) as client:
+        transitions = await collect(client, ids, interval=0.05)
+    grouped = by_task(transitions)
+    assert sorted(grouped) == sorted(ids)
+    for task_id, mine in grouped.items():
+        assert_well_formed(task_id, mine)
+        assert mine[-1].error is None
+        assert mine[-1].status == TaskStatus(emulator.status_of(task_id))
+        assert mine[-1].status.is_terminal
+    assert set(emulator.stats.faults) == {"5xx", "429", "malformed"}
+    assert any(s.status_code == 200 and s.status is None for s in proxy.seen)  # dropped
+
+
+# On trio, httpx leaves its own body iterators to the garbage collector when decoding fails
+# (Response.aiter_bytes does not aclose aiter_raw), and trio warns about them: httpx's, not
+# ours (encode/httpx#3686).
+@pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <async_generator object "
+    r"(Response\.aiter_raw|AsyncHTTP11Connection\._receive_response_body|"
+    r"(HTTP11ConnectionByteStream|PoolByteStream|AsyncResponseStream|BoundAsyncStream)"
+    r"\.__aiter__)"
+    r":pytest.PytestUnraisableExceptionWarning"
+)
+async def test_undecodable_body_is_transient(fast_backoff: None) -> None:
+    """A body that cannot be decoded (a proxy's broken gzip) is a garbage answer like any
+    other: it is retried, and the watch completes."""
+    broken: Answer = (200, [(b"content-encoding", b"gzip")], b"not gzip at all")
+    emulator = Emulator(timeline=QUICK)
+    ids = [emulator.add_task() for _ in range(5)]
+    polls: dict[str | None, int] = {}
+
+    def answer(task_id: str | None, _: int) -> Answer | None:
+        polls[task_id] = polls.get(task_id, 0) + 1
+        return broken if polls[task_id] % 2 == 0 else None  # every other answer, per task
+
+    proxy = Proxy(emulator, answer)
+    async with serve(proxy) as client:
+        with anyio.fail_after(20):
+            transitions = await collect(client, ids, interval=0.03)
+    finals = [t for t in transitions if t.is_final]
+    assert sorted(t.task_id for t in finals) == sorted(ids)
+    assert all(t.status is TaskStatus.COMPLETED for t in finals)
+    assert any(count >= 2 for count in polls.values())  # garbage was served
+
+
+# 6. A 429 pauses the whole watcher.
+
+
+@pytest.mark.parametrize("max_concurrency", [1, 5])
+async def test_rate_limit_pauses_every_poller(max_concurrency: int) -> None:
+    """After a 429 with Retry-After, no poll of any task reaches the server until it has
+    passed (beyond the ones already in flight); then the watch resumes and completes."""
+    retry_after = 0.5
+    emulator = Emulator(timeline=Timeline.completed(queued=0.2, processing=0.2))
+    ids = [emulator.add_task() for _ in range(20)]
+    limited = json_answer(429, {"message": "Too many requests"}, (b"retry-after", b"0.5"))
+    proxy = Proxy(emulator, lambda _task_id, n: limited if n == 30 else None)
+    async with serve(proxy) as client:
+        transitions = await collect(client, ids, interval=0.05, max_concurrency=max_concurrency)
+
+    (hit,) = [s for s in proxy.seen if s.status_code == 429]
+    during = [s for s in proxy.seen if hit.answered < s.arrived < hit.answered + retry_after]
+    # Polls sent before the client read the 429 may still arrive; nothing sent after it.
+    assert len(during) <= max_concurrency - 1
+    assert all(s.arrived < hit.answered + 0.1 for s in during)
+    finals = [t for t in transitions if t.is_final]
+    assert sorted(t.task_id for t in finals) == sorted(ids)
+    assert all(t.status is TaskStatus.COMPLETED for t in finals)
+
+
+# 7. One bad ID never stops the others.
+
+
+async def test_unknown_id_ends_alone_with_not_found() -> None:
+    """A 404 ID yields one Transition carrying TaskNotFoundError and is not polled again;
+    the others complete."""
+    emulator = Emulator(timeline=QUICK)
+    ids = [emulator.add_task() for _ in range(5)]
+    async with serve(emulator) as client:
+        transitions = await collect(client, [*ids, "no-such-task"], interval=0.03)
+    grouped = by_task(transitions)
+    (missing,) = grouped.pop("no-such-task")
+    assert isinstance(missing.error, TaskNotFoundError)
+    assert missing.previous is None
+    assert missing.task is None
+    assert missing.status is None
+    assert missing.is_final
+    assert len(emulator.polls("no-such-task")) == 1
+    assert sorted(grouped) == sorted(ids)
+    assert all(mine[-1].status is TaskStatus.COMPLETED for mine in grouped.values())
+
+
+async def test_repeatedly_malformed_id_is_given_up_alone(fast_backoff: None) -> None:
+    """A task whose answers are never readable is given up with ResponseValidationError after
+    a few tries (carrying its last good snapshot); the others complete."""
+    emulator = Emulator(timeline=Timeline.completed(queued=0.3, processing=0.3))
+    ids = [emulator.add_task() for _ in range(5)]
+    bad = emulator.add_task(FOREVER)
+    html: Answer = (200, [(b"content-type", b"text/html")], b"<html>502 Bad Gateway</html>")
+    polls_of_bad = 0
+
+    def answer(task_id: str | None, _: int) -> Answer | None:
+        nonlocal polls_of_bad
+        if task_id == bad:
+            polls_of_bad += 1
+            if polls_of_bad > 1:  # the first poll is answered, then only garbage
+                return html
+        return None
+
+    proxy = Proxy(emulator, answer)
+    async with serve(proxy) as client:
+        transitions = await collect(client, [bad, *ids], interval=0.03)
+    grouped = by_task(transitions)
+    first, given_up = grouped.pop(bad)
+    assert first.status is TaskStatus.QUEUED
+    assert isinstance(given_up.error, ResponseValidationError)
+    assert "502 Bad Gateway" in given_up.error.snippet
+    assert given_up.task == first.task
+    assert given_up.previous is TaskStatus.QUEUED
+    assert MAX_MALFORMED <= polls_of_bad - 1 <= MAX_MALFORMED + 1  # a few garbage answers
+    assert sorted(grouped) == sorted(ids)
+    assert all(mine[-1].status is TaskStatus.COMPLETED for mine in grouped.values())
+
+
+# 8. 401/403 end the whole watch.
+
+
+async def test_revoked_key_ends_the_whole_watch() -> None:
+    """A 401 mid-watch raises AuthenticationError from the `async for` (not an ExceptionGroup,
+    not one error per task), promptly, after only a handful of requests with the bad key."""
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(50)]
+    seen = 0
+    revoked = math.inf
+
+    async def watch_and_revoke(client: AsyncVSRClient) -> None:
+        nonlocal seen, revoked
+        async with client.watch(ids, interval=0.05, max_concurrency=5) as watcher:
+            async for _ in watcher:
+                seen += 1
+                if seen == len(ids):  # every task seen once: now the key stops working
+                    revoked = time.monotonic()
+                    emulator.api_key = "rotated-key"
+
+    async with serve(emulator) as client:
+        sent = record_sends(client)
+        with pytest.raises(AuthenticationError) as info, anyio.fail_after(10):
+            await watch_and_revoke(client)
+        ended = time.monotonic()
+        await anyio.sleep(0.3)
+    assert type(info.value) is AuthenticationError
+    assert info.value.status_code == 401
+    assert seen == len(ids)
+    # Polls already sent or handed to a worker may still go out, then nothing.
+    assert 1 <= sum(r.status_code == 401 for r in emulator.requests) <= 5 + 1
+    assert sum(at >= revoked for at in sent) <= 5 + 1
+    assert all(at <= ended for at in sent)
+    assert all(r.time <= ended + 0.2 for r in emulator.requests)
+    assert ended - revoked < 2.0
+
+
+async def test_forbidden_ends_the_whole_watch() -> None:
+    """A 403 mid-watch raises PermissionDeniedError from the `async for` the same way."""
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(20)]
+    forbidden = json_answer(403, {"message": "Forbidden"})
+    proxy = Proxy(emulator, lambda _task_id, n: forbidden if n > 40 else None)
+    async with serve(proxy) as client:
+        sent = record_sends(client)
+        with pytest.raises(PermissionDeniedError) as info, anyio.fail_after(10):
+            await collect(client, ids, interval=0.05, max_concurrency=4)
+        ended = time.monotonic()
+        await anyio.sleep(0.3)
+    assert type(info.value) is PermissionDeniedError
+    assert 1 <= sum(s.status_code == 403 for s in proxy.seen) <= 4 + 1
+    assert all(at <= ended for at in sent)
+    assert all(s.arrived <= ended + 0.2 for s in proxy.seen)
+
+
+# 9. Leaving early stops everything.
+
+
+class BoomError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("how", ["break", "raise", "cancel", "unentered"])
+async def test_leaving_early_stops_every_poller(how: str) -> None:
+    """Leaving the block early (break, an exception in the body, a cancelled enclosing scope,
+    or no iteration at all) stops every poller at once, polls in flight included: no request
+    afterwards, no task left running, no connection left busy, no warning; the body's
+    exception comes out unchanged."""
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(30)]
+    proxy = Proxy(emulator)
+    boom = BoomError("stop")
+    leaving = math.inf
+
+    async def until_a_poll_is_stuck() -> float:
+        """Make the server take 3 s per answer; return once a poll is waiting for one."""
+        emulator.faults = Faults(latency=3.0)
+        await proxy.next_request()
+        return time.monotonic()
+
+    async with serve(proxy) as client:
+        sent = record_sends(client)
+        transport = client._http._transport
+        assert isinstance(transport, httpx.AsyncHTTPTransport)
+        with anyio.fail_after(10):
+            if how == "break":
+                async with client.watch(ids, interval=0.03) as watcher:
+                    async for _ in watcher:
+                        leaving = await until_a_poll_is_stuck()
+                        break
+                assert [t async for t in watcher] == []  # a watch left early stays ended
+            elif how == "raise":
+
+                async def fail_in_the_body() -> None:
+                    nonlocal leaving
+                    async with client.watch(ids, interval=0.03) as watcher:
+                        async for _ in watcher:
+                            leaving = await until_a_poll_is_stuck()
+                            raise boom
+
+                with pytest.raises(BoomError) as info:
+                    await fail_in_the_body()
+                assert info.value is boom
+                assert info.type is BoomError
+            elif how == "cancel":
+                with anyio.move_on_after(30) as scope:
+                    async with client.watch(ids, interval=0.03) as watcher:
+                        async for _ in watcher:
+                            if leaving == math.inf:
+                                leaving = await until_a_poll_is_stuck()
+                                scope.deadline = anyio.current_time()  # the deadline passes
+                assert scope.cancelled_caught
+            else:
+                async with client.watch(ids, interval=0.03):
+                    leaving = await until_a_poll_is_stuck()
+        left = time.monotonic()
+        assert left - leaving < 1.0  # it did not wait out the 3 s answers in flight
+        assert watcher_tasks() == []
+        pool = transport._pool
+        assert all(
+            connection.is_idle() or connection.is_closed() for connection in pool.connections
+        )
+        assert sent
+        assert all(at <= left for at in sent)  # nothing sent after leaving
+        await anyio.sleep(0.5)
+        # What the server saw: only what was on the wire already (it may read it a bit later).
+        assert all(s.arrived <= left + 0.2 for s in proxy.seen)
+    assert pool.connections == []
+    gc.collect()
+
+
+# 10. Unknown statuses.
+
+
+async def test_unknown_status_is_yielded_polled_normally_and_timed_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A status the library does not know is kept verbatim, yielded once, not terminal,
+    polled at the normal interval (no hot loop), logged once, and given up at the timeout."""
+    caplog.set_level(logging.WARNING, logger="vsr_async")
+    emulator = Emulator()
+    paused = emulator.add_task(Timeline(((0.0, "queued"), (0.1, "paused"))))
+    async with serve(emulator) as client:
+        start = time.monotonic()
+        transitions = await collect(client, [paused], interval=0.1, timeout=1.2)
+        elapsed = time.monotonic() - start
+    queued, pause, given_up = transitions
+    assert queued.status is TaskStatus.QUEUED
+    assert pause.status == "paused"
+    assert not isinstance(pause.status, TaskStatus)
+    assert pause.previous is TaskStatus.QUEUED
+    assert pause.task is not None
+    assert not pause.task.is_terminal
+    assert not pause.is_final
+    assert isinstance(given_up.error, WaitTimeoutError)
+    assert given_up.previous == "paused"
+    assert given_up.task is not None
+    assert given_up.task.status == "paused"
+    polls = len(emulator.polls(paused))
+    assert math.floor(elapsed / (0.1 * 1.1)) - 2 <= polls <= elapsed / (0.1 * 0.9) + 2
+    assert [r.getMessage() for r in caplog.records if "paused" in r.getMessage()] == [
+        "unknown task status 'paused': treated as still running"
+    ]
+
+
+async def test_status_case_variants_map_to_the_enum() -> None:
+    """Statuses in another case ("Processing") are the known statuses, and end the watch."""
+    emulator = Emulator()
+    steps = ((0.0, "QUEUED"), (0.1, "Processing"), (0.2, "Completed"))
+    task_id = emulator.add_task(Timeline(steps))
+    async with serve(emulator) as client:
+        transitions = await collect(client, [task_id], interval=0.02)
+    assert_well_formed(task_id, transitions)
+    assert transitions[-1].status is TaskStatus.COMPLETED
+    assert all(isinstance(t.status, TaskStatus) for t in transitions)
+
+
+async def test_unknown_status_in_varying_case_is_one_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unknown status whose case varies from answer to answer (a loose server) is still one
+    status: yielded once, logged once, not a transition on every poll."""
+    caplog.set_level(logging.WARNING, logger="vsr_async")
+    emulator = Emulator(seed=3, loose=True)
+    task_id = emulator.add_task(Timeline(((0.0, "queued"), (0.05, "paused"))))
+    async with serve(emulator) as client:
+        transitions = await collect(client, [task_id], interval=0.03, timeout=0.8)
+    assert len({str(t.task.status) for t in transitions if t.task}) > 1
+    paused = [t for t in transitions if t.error is None and str(t.status).lower() == "paused"]
+    assert len(paused) == 1, [t.status for t in transitions]
+    assert len([r for r in caplog.records if "paused" in r.getMessage().lower()]) == 1
+
+
+# 11. Per-task timeout.
+
+
+async def test_timeout_gives_up_only_the_stuck_task() -> None:
+    """A task that never ends is given up at `timeout` with a WaitTimeoutError carrying its
+    last snapshot; the others complete normally, and the stuck one is not polled after."""
+    emulator = Emulator(timeline=QUICK)
+    ids = [emulator.add_task() for _ in range(5)]
+    stuck = emulator.add_task(STUCK)
+    async with serve(emulator) as client:
+        start = time.monotonic()
+        transitions = await collect(client, [stuck, *ids], interval=0.03, timeout=0.6)
+        ended = time.monotonic()
+    grouped = by_task(transitions)
+    mine = grouped.pop(stuck)
+    assert_well_formed(stuck, mine)
+    final = mine[-1]
+    assert isinstance(final.error, WaitTimeoutError)
+    assert final.error.task_id == stuck
+    assert final.error.timeout == 0.6
+    assert final.error.task is final.task
+    assert final.task is not None
+    assert final.task.status is TaskStatus.PROCESSING
+    assert final.previous is TaskStatus.PROCESSING
+    assert ended - start >= 0.6
+    assert all(r.time <= start + 0.6 + 0.1 for r in emulator.polls(stuck))
+    assert sorted(grouped) == sorted(ids)
+    assert all(
+        m[-1].status is TaskStatus.COMPLETED and m[-1].error is None for m in grouped.values()
+    )
+
+
+# 13. In process.
+
+
+async def test_watch_through_asgi_transport() -> None:
+    """The watch works in process, through httpx.ASGITransport, with a caller's http_client
+    (left open for the caller)."""
+    emulator = Emulator(timeline=QUICK)
+    ids = [emulator.add_task() for _ in range(5)]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=emulator)) as http:
+        base_url = "http://127.0.0.1" + emulator.prefix
+        async with AsyncVSRClient(KEY, base_url=base_url, http_client=http) as client:
+            transitions = await collect(client, ids, interval=0.03)
+        assert not http.is_closed
+    grouped = by_task(transitions)
+    assert sorted(grouped) == sorted(ids)
+    for task_id, mine in grouped.items():
+        assert_well_formed(task_id, mine)
+        assert mine[-1].status is TaskStatus.COMPLETED
+
+
+# 14. Misuse.
+
+
+def bad_ids() -> object:
+    yield "fine"
+    yield "a/b"
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "error"),
+    [
+        (["fine", "a/b"], {}, ValueError),
+        (["fine", ".."], {}, ValueError),
+        (["fine", ""], {}, ValueError),
+        (["fine", 42], {}, TypeError),
+        ("task_123", {}, TypeError),
+        (None, {}, TypeError),
+        (["fine"], {"max_concurrency": 0}, ValueError),
+        (["fine"], {"max_concurrency": 2.5}, TypeError),
+        (["fine"], {"interval": 0}, ValueError),
+        (["fine"], {"interval": -1.0}, ValueError),
+        (["fine"], {"interval": math.nan}, ValueError),
+        (["fine"], {"interval": math.inf}, ValueError),
+        (["fine"], {"timeout": 0}, ValueError),
+        (["fine"], {"timeout": math.nan}, ValueError),
+    ],
+)
+async def test_invalid_arguments_raise_before_any_request(
+    args: object, options: dict[str, object], error: type[Exception]
+) -> None:
+    """Invalid IDs (one bad one in a list, a bare string) and invalid options raise when the
+    watch is made, before anything is sent."""
+    sent: list[httpx.Request] = []
+    http = httpx.AsyncClient(transport=httpx.MockTransport(sent.append))
+    async with http, AsyncVSRClient(KEY, http_client=http) as client:
+        with pytest.raises(error):
+            client.watch(args, **options)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="invalid task ID"):
+            client.watch(bad_ids())  # type: ignore[arg-type]
+    assert sent == []
+
+
+async def test_watcher_misuse() -> None:
+    """A Watcher is iterated inside its block, entered once, and refuses a closed client."""
+    sent: list[httpx.Request] = []
+    http = httpx.AsyncClient(transport=httpx.MockTransport(sent.append))
+    async with http:
+        client = AsyncVSRClient(KEY, http_client=http)
+        watcher = client.watch()
+        with pytest.raises(RuntimeError, match="async with"):
+            await watcher.__anext__()
+        async with watcher:
+            with pytest.raises(RuntimeError, match="once"):
+                await watcher.__aenter__()
+        await client.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            client.watch(["fine"])
+    assert sent == []
+
+
+async def test_add_before_entering_is_watched() -> None:
+    """IDs added before the block is entered are watched with the others."""
+    emulator = Emulator(timeline=DONE)
+    first, second = emulator.add_task(), emulator.add_task()
+    async with serve(emulator) as client:
+        watcher = client.watch([first], interval=0.03)
+        watcher.add(second)
+        watcher.done_adding()  # harmless without keep_open
+        with pytest.raises(ValueError, match="invalid task ID"):
+            watcher.add("../x")
+        async with watcher:
+            statuses = {t.task_id: t.status async for t in watcher}
+    assert statuses == {first: TaskStatus.COMPLETED, second: TaskStatus.COMPLETED}
