@@ -513,6 +513,29 @@ async def test_repeatedly_malformed_id_is_given_up_alone(fast_backoff: None) -> 
     assert all(mine[-1].status is TaskStatus.COMPLETED for mine in grouped.values())
 
 
+async def test_readable_errors_break_a_run_of_malformed_answers(fast_backoff: None) -> None:
+    """Only unreadable answers *in a row* give a task up: garbage alternating with 503s is
+    retried for as long as it lasts, and the task then completes."""
+    emulator = Emulator(timeline=Timeline.completed(queued=0.2, processing=0.2))
+    task_id = emulator.add_task()
+    html: Answer = (200, [(b"content-type", b"text/html")], b"<html>oops</html>")
+    unavailable = json_answer(503, {"message": "busy"})
+    polls = 0
+
+    def answer(_task_id: str | None, _: int) -> Answer | None:
+        nonlocal polls
+        polls += 1
+        if polls <= 4 * MAX_MALFORMED:
+            return html if polls % 2 else unavailable
+        return None
+
+    async with serve(Proxy(emulator, answer)) as client:
+        transitions = await collect(client, [task_id], interval=0.03)
+    assert polls > 4 * MAX_MALFORMED
+    assert transitions[-1].error is None
+    assert transitions[-1].status is TaskStatus.COMPLETED
+
+
 # 8. 401/403 end the whole watch.
 
 

@@ -278,6 +278,7 @@ class Watcher:
                 entry.malformed += 1
                 give_up = entry.malformed >= MAX_MALFORMED
             else:
+                entry.malformed = 0  # "in a row": a readable error answer breaks the run
                 give_up = not is_transient(exc)  # 404, 400...: this task only
             if give_up:
                 await self._end(
