@@ -1,10 +1,11 @@
-"""Sessions: ``nox`` runs tests on every installed Python from 3.10 to 3.13, lint and typecheck."""
+"""Sessions: ``nox`` runs tests on every installed Python from 3.10 to 3.13, lint, typecheck and
+docs; ``nox -s demo`` runs the demo."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.error_on_missing_interpreters = False  # skip Pythons this machine lacks
 nox.options.reuse_existing_virtualenvs = True
 
@@ -31,6 +32,13 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("-e", ".[cli,emulator]", "mypy>=1.10", "trio")
     session.run("mypy", "-p", "vsr_async")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, built with --strict: a broken link or reference fails it."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 
 @nox.session
