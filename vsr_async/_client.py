@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -46,7 +47,7 @@ from ._validate import (
 from ._watch import Watcher
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
 
     from ._watch import Transition
@@ -154,14 +155,7 @@ class AsyncVSRClient:
             VSRError: Any other failure (see the exception tree).
         """
         url = self._task_url(check_task_id(task_id))
-        for attempt in range(self.max_retries + 1):
-            try:
-                return await self._fetch_task(url)
-            except VSRError as exc:
-                if attempt == self.max_retries or not is_transient(exc):
-                    raise
-                await self._sleep_before_retry(exc, attempt, f"GET {url}")
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._parse(await self._request("GET", url, retry_if=is_transient))
 
     async def create_task(self, video_url: str, *, model: Model | str) -> Task:
         """Create a task enhancing ``video_url`` with ``model``.
@@ -182,16 +176,8 @@ class AsyncVSRClient:
         check_http_url("video_url", video_url)
         body = {"model": check_model(model), "videoUrl": video_url}
         url = f"{self.base_url}/v1/super-resolution/videos"
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = await self._send("POST", url, json=body)
-            except APIConnectionError as exc:
-                if attempt == self.max_retries or not isinstance(exc.__cause__, _NOT_SENT):
-                    raise
-                await self._sleep_before_retry(exc, attempt, f"POST {url}")
-            else:
-                return self._parse(response, status=TaskStatus.QUEUED)
-        raise AssertionError("unreachable")  # pragma: no cover
+        response = await self._request("POST", url, json=body, retry_if=_never_sent)
+        return self._parse(response, status=TaskStatus.QUEUED)
 
     async def wait(
         self,
@@ -314,11 +300,28 @@ class AsyncVSRClient:
             logger.warning("unknown task status %r: treated as still running", task.status)
         return task
 
-    async def _sleep_before_retry(self, exc: VSRError, attempt: int, what: str) -> None:
-        delay = retry_delay(exc, attempt)
-        logger.warning("%s: retry %d in %.2f s after %s", what, attempt + 1, delay, exc)
-        await anyio.sleep(delay)
+    async def _request(
+        self, method: str, url: str, *, retry_if: Callable[[VSRError], bool], json: Any = None
+    ) -> httpx.Response:
+        """`_send`, retried up to ``max_retries`` times while ``retry_if`` says so."""
+        for attempt in itertools.count():
+            try:
+                return await self._send(method, url, json=json)
+            except VSRError as exc:
+                if attempt == self.max_retries or not retry_if(exc):
+                    raise
+                delay = retry_delay(exc, attempt)
+                logger.warning(
+                    "%s %s: retry %d in %.2f s after %s", method, url, attempt + 1, delay, exc
+                )
+                await anyio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this AsyncVSRClient is closed; open a new one")
+
+
+def _never_sent(exc: VSRError) -> bool:
+    """Whether the request failed before it left us: the only safe retry of a billed create."""
+    return isinstance(exc.__cause__, _NOT_SENT)
