@@ -221,6 +221,15 @@ def test_no_ids_at_all_is_a_usage_error(runner: CliRunner) -> None:
     )
 
 
+def test_resume_from_a_missing_results_file_creates_nothing(runner: CliRunner, tmp_path) -> None:
+    """`watch --jsonl typo.jsonl` with no IDs is a usage error that leaves no empty file."""
+    typo = tmp_path / "typo.jsonl"
+    result = runner.invoke(_app.cli, ["watch", "--jsonl", str(typo)], env={"VSR_API_KEY": KEY})
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+    assert not typo.exists()
+
+
 def test_a_missing_id_file_is_a_usage_error(runner: CliRunner, tmp_path) -> None:
     """--from-file naming no file is exit 2."""
     result = runner.invoke(_app.cli, ["watch", "--from-file", str(tmp_path / "nope.txt")])

@@ -352,3 +352,14 @@ def test_demo_timeline_mixes_durations_and_outcomes() -> None:
     assert all(end is not None and 0.8 <= end <= 10 for end in ends)
     outcomes = {t.steps[-1][1] for t in timelines}
     assert outcomes == {"completed", "failed"}
+
+
+def test_server_text_cannot_drive_the_terminal(invoke, emulator: Emulator) -> None:
+    """A failure message full of escape sequences (retitle, clear screen, carriage return) is
+    printed escaped by watch and status, so plain output holds no control characters."""
+    hostile = "bad\x1b]0;PWNED\x07\rOVERWRITE\x1b[2Jx"
+    task_id = emulator.add_task(Timeline.failed(queued=0.05, processing=0.05, error=hostile))
+    for result in (invoke("watch", *FAST, task_id), invoke("status", task_id)):
+        assert result.exit_code == 1
+        assert not any(ch in result.output for ch in "\x1b\x07\r")
+        assert "bad\\x1b]0;PWNED\\x07\\rOVERWRITE" in result.output

@@ -7,7 +7,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -23,7 +23,7 @@ from _cli_helpers import (
 )
 
 from vsr_async import AsyncVSRClient
-from vsr_async.testing import Emulator, EmulatorServer
+from vsr_async.testing import Emulator, EmulatorServer, Faults
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -280,3 +280,36 @@ async def test_a_reader_that_goes_away_ends_the_run_quietly(emulator, base_url, 
     assert len(result.stdout.splitlines()) == 1
     assert "Traceback" not in stderr.read_text()
     records(results)
+
+
+class _NotingEmulator(Emulator):
+    """The emulator, counting creates as they arrive (before its injected latency)."""
+
+    creates_arrived = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            self.creates_arrived += 1
+        await super().__call__(scope, receive, send)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_ctrl_c_during_a_create_still_records_the_billed_task(
+    tmp_path: Path, backend: str
+) -> None:
+    """Ctrl-C while a create is in flight: the server creates (and bills) the task anyway, so
+    the CLI waits for the answer and records the new ID, then sends no further create."""
+    emulator = _NotingEmulator(seed=12, faults=Faults(latency=1.0))
+    results = tmp_path / "created.jsonl"
+    urls = [f"https://example.com/{index}.mp4" for index in range(3)]
+    args = ["create", "-m", "superResolution-720p-lowfps", "--concurrency", "1"]
+    args += ["--jsonl", str(results), "--backend", backend, *urls]
+    async with EmulatorServer(emulator) as server:
+        finished = await run_cli(
+            args, cli_env(server.base_url), until=lambda: emulator.creates_arrived >= 1
+        )
+    assert finished.returncode == 130, finished.stderr
+    assert emulator.creates_arrived == 1
+    assert len(emulator.task_ids) == 1
+    assert [record["task_id"] for record in records(results)] == emulator.task_ids
+    assert finished.stdout.split() == emulator.task_ids

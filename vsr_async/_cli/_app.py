@@ -121,6 +121,10 @@ def watch(
     """
     resume_only = jsonl is not None and not task_ids and not files
     ids = collect(task_ids, files, check_task_id, what="task IDs", required=not resume_only)
+    if resume_only and jsonl is not None and not jsonl.exists():  # leave no empty file behind
+        raise click.UsageError(
+            f"no task IDs: give some, or a --jsonl file that has some ({jsonl} does not exist)"
+        )
     client = make_client(api_key, base_url, concurrency)
     results = _open_results(jsonl)
     try:

@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ._tally import GAVE_UP, WAITING
+from ._tally import GAVE_UP, WAITING, printable
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -96,13 +96,14 @@ class Display(Protocol):
 def describe(transition: Transition) -> str:
     """A transition in one line: ``ID  previous -> status  URL-or-reason``."""
     if transition.error is not None:
-        return f"{transition.task_id}  gave up: {transition.error}"
-    line = f"{transition.task_id}  {transition.previous or 'new'} -> {transition.status}"
+        return f"{transition.task_id}  gave up: {printable(transition.error)}"
+    previous, status = transition.previous or "new", transition.status
+    line = f"{transition.task_id}  {printable(previous)} -> {printable(status)}"
     task = transition.task
     if task is not None and task.video_url:
-        line += f"  {task.video_url}"
+        line += f"  {printable(task.video_url)}"
     if task is not None and task.error:
-        line += f"  ({task.error})"
+        line += f"  ({printable(task.error)})"
     return line
 
 

@@ -8,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from vsr_async import AuthenticationError, PermissionDeniedError, Transition, VSRError
@@ -165,16 +166,20 @@ class _Batch:
 
         async def create() -> None:
             for video_url, model in pending:
-                try:
-                    task = await self.client.create_task(video_url, model=model)
-                except _FATAL as exc:
-                    self.fail(exc)
-                    return
-                except VSRError as exc:
-                    self.tally.create_failures.append((video_url, str(exc)))
-                    self.display.create_failed(video_url, str(exc))
-                    continue
-                await self.record_created(task, video_url)
+                await anyio.lowlevel.checkpoint()  # Ctrl-C stops here, before the next create
+                # A sent create is billed: Ctrl-C waits for its answer so the ID is recorded
+                # (the client's timeout bounds the wait).
+                with anyio.CancelScope(shield=True):
+                    try:
+                        task = await self.client.create_task(video_url, model=model)
+                    except _FATAL as exc:
+                        self.fail(exc)
+                        return
+                    except VSRError as exc:
+                        self.tally.create_failures.append((video_url, str(exc)))
+                        self.display.create_failed(video_url, str(exc))
+                        continue
+                    await self.record_created(task, video_url)
                 if watcher is not None:
                     watcher.add(task.id)
 

@@ -14,6 +14,7 @@ from vsr_async import TaskNotFoundError
 
 from ._display import STYLES
 from ._jsonl import query_record
+from ._tally import printable
 
 if TYPE_CHECKING:
     from vsr_async import Task, VSRError
@@ -22,10 +23,10 @@ if TYPE_CHECKING:
 def status_and_detail(task: Task | None, error: VSRError | None) -> tuple[str, str]:
     """A task's status and what to say about it: its result URL, its error, or ours."""
     if task is None:
-        return ("not found" if isinstance(error, TaskNotFoundError) else "error", str(error))
+        return ("not found" if isinstance(error, TaskNotFoundError) else "error", printable(error))
     if task.video_url:
-        return str(task.status), task.video_url
-    return str(task.status), "" if task.error is None else str(task.error)
+        return printable(task.status), printable(task.video_url)
+    return printable(task.status), "" if task.error is None else printable(task.error)
 
 
 class StatusPrinter:

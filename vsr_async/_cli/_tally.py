@@ -23,6 +23,11 @@ GAVE_UP = "gave up"  # the watch stopped watching it: not found, past --timeout.
 LABELS = (WAITING, "queued", "processing", "completed", "failed", GAVE_UP)
 
 
+def printable(text: object) -> str:
+    """``text`` with control characters escaped: what a server sent never drives the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 @attrs.frozen
 class Outcome:
     """How a task ended: ``completed``, ``failed`` or ``gave up``, and the URL or the reason."""
@@ -77,7 +82,9 @@ class Tally:
         status = str(record["status"])
         detail = record.get("video_url") if status == "completed" else record.get("error")
         self._set(task_id, status)
-        self.outcomes[task_id] = Outcome(task_id, status, None if detail is None else str(detail))
+        self.outcomes[task_id] = Outcome(
+            task_id, status, None if detail is None else printable(detail)
+        )
         self.resumed += 1
 
     def observe(self, transition: Transition) -> None:
@@ -89,12 +96,14 @@ class Tally:
             return
         self.ended += 1
         if error is not None:
-            detail: str | None = str(error)
+            detail: object = error
         elif task is not None and status == "completed":
             detail = task.video_url
         else:
-            detail = str(task.error) if task is not None and task.error else "no reason given"
-        self.outcomes[transition.task_id] = Outcome(transition.task_id, status, detail)
+            detail = task.error if task is not None and task.error else "no reason given"
+        self.outcomes[transition.task_id] = Outcome(
+            transition.task_id, status, None if detail is None else printable(detail)
+        )
 
     def exit_code(self, *, watched: bool = True) -> int:
         """130 if interrupted, 3 if the key was refused, 1 if a create failed or (when
