@@ -854,3 +854,21 @@ async def test_add_before_entering_is_watched() -> None:
         async with watcher:
             statuses = {t.task_id: t.status async for t in watcher}
     assert statuses == {first: TaskStatus.COMPLETED, second: TaskStatus.COMPLETED}
+
+
+async def test_polls_that_keep_failing_are_logged_once(
+    fast_backoff: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that cannot be reached is not silent: one warning once a task's polls have
+    failed a few times in a row, not one per failure (the rest stay at debug level)."""
+    caplog.set_level(logging.DEBUG, logger="vsr_async")
+    async with AsyncVSRClient("key", base_url="http://127.0.0.1:9/api") as client:
+        with anyio.move_on_after(1.0):
+            async with client.watch(["a", "b"], interval=0.02) as watcher:
+                async for _ in watcher:
+                    pass
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(warnings) == 1
+    assert "polls keep failing" in warnings[0].getMessage()
+    assert len(debug) >= 3

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from ._config import JITTER, MAX_MALFORMED
+from ._config import JITTER, MAX_MALFORMED, WARN_AFTER_FAILURES
 from ._errors import (
     APIStatusError,
     AuthenticationError,
@@ -113,6 +113,7 @@ class Watcher:
         self._order = itertools.count()  # ties in the heap go to the first scheduled
         self._not_before = -math.inf  # the shared pause after a 429
         self._throttled = 0  # consecutive 429s / Retry-Afters, across all tasks
+        self._warned = False  # about failing polls, since the last good one
         self._stopping = False
         self._started = False
         self._undelivered = 0  # transitions sent or being sent, not yet received
@@ -289,7 +290,7 @@ class Watcher:
             return
         previous = _status(entry)
         entry.task, entry.failures, entry.malformed = task, 0, 0
-        self._throttled = 0
+        self._throttled, self._warned = 0, False
         transition = Transition(entry.task_id, previous, task)
         if task.is_terminal:
             await self._end(entry, send, transition)
@@ -311,6 +312,10 @@ class Watcher:
             self._not_before = max(self._not_before, now + pause)
         delay = retry_after if retry_after is not None else backoff_delay(entry.failures)
         entry.failures += 1
+        if entry.failures == WARN_AFTER_FAILURES and not self._warned:
+            # Debug lines are for one failure; a task failing again and again is worth a word.
+            self._warned = True
+            logger.warning("polls keep failing (%s); retrying with backoff", exc)
         # A failed poll never brings the next one closer than the normal interval.
         delay = max(delay, self._interval * random.uniform(1 - JITTER, 1 + JITTER))
         logger.debug("polling %r failed (%s); again in %.2f s", entry.task_id, exc, delay)
