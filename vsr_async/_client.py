@@ -255,13 +255,7 @@ class AsyncVSRClient:
             task_ids,
             interval=interval,
             timeout=timeout,
-            max_concurrency=(
-                self.max_connections
-                if max_concurrency is None
-                else min(
-                    check_count("max_concurrency", max_concurrency, minimum=1), self.max_connections
-                )
-            ),
+            max_concurrency=self.max_connections if max_concurrency is None else max_concurrency,
             keep_open=keep_open,
         )
 

@@ -106,7 +106,10 @@ class Watcher:
         self._timeout = (
             math.inf if timeout is None else check_seconds("timeout", timeout, finite=False)
         )
-        self._max_concurrency = check_count("max_concurrency", max_concurrency, minimum=1)
+        # More workers than connections would only queue at the client's limiter.
+        self._max_concurrency = min(
+            check_count("max_concurrency", max_concurrency, minimum=1), client.max_connections
+        )
         self._keep_open = keep_open
         self._watched: dict[str, _Watched] = {}
         self._due: list[tuple[float, int, _Watched]] = []
@@ -244,7 +247,6 @@ class Watcher:
                     start = math.inf
                 with anyio.move_on_after(start - now):
                     await self._wait_changed()
-            self._stopping = True
 
     async def _work(
         self,

@@ -14,7 +14,7 @@ import attrs
 from vsr_async import AuthenticationError, PermissionDeniedError, Transition, VSRError
 
 from ._jsonl import transition_record
-from ._tally import EXIT_AUTH, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ._tally import exit_code
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -212,11 +212,9 @@ class Queried:
 
     def exit_code(self) -> int:
         """130 if interrupted, 3 if the key was refused, 1 if anything failed, else 0."""
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        if self.fatal is not None:
-            return EXIT_AUTH
-        return EXIT_FAILED if self.failed else EXIT_OK
+        return exit_code(
+            interrupted=self.interrupted, fatal=self.fatal is not None, failed=bool(self.failed)
+        )
 
 
 async def query_all(

@@ -23,6 +23,16 @@ GAVE_UP = "gave up"  # the watch stopped watching it: not found, past --timeout.
 LABELS = (WAITING, "queued", "processing", "completed", "failed", GAVE_UP)
 
 
+def exit_code(*, interrupted: bool, fatal: bool, failed: bool) -> int:
+    """The one exit-code policy: 130 if interrupted, 3 if the key was refused, 1 if anything
+    failed, else 0."""
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if fatal:
+        return EXIT_AUTH
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def printable(text: object) -> str:
     """``text`` with control characters escaped: what a server sent never drives the terminal."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
@@ -108,15 +118,12 @@ class Tally:
     def exit_code(self, *, watched: bool = True) -> int:
         """130 if interrupted, 3 if the key was refused, 1 if a create failed or (when
         ``watched``) a task did not complete, else 0."""
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        if self.fatal is not None:
-            return EXIT_AUTH
         every_one_completed = not watched or (
             len(self.outcomes) == self.total
             and all(outcome.status == "completed" for outcome in self.outcomes.values())
         )
-        return EXIT_OK if every_one_completed and not self.create_failures else EXIT_FAILED
+        failed = bool(self.create_failures) or not every_one_completed
+        return exit_code(interrupted=self.interrupted, fatal=self.fatal is not None, failed=failed)
 
     def labels(self) -> list[str]:
         """The statuses to show, in flow order, with any unknown ones before the terminal ones."""
