@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -253,7 +254,7 @@ async def test_unknown_task_is_404(client: httpx.AsyncClient):
         ("GET", f"{PREFIX}/v1/result/a/b", 404, None),
         ("GET", f"{PREFIX}{CREATE}", 405, "POST"),
         ("DELETE", f"{PREFIX}/v1/result/task_1", 405, "GET"),
-        ("POST", "/files/task_1.mp4", 405, "GET"),
+        ("POST", "/files/task_1.mp4", 405, "GET, HEAD"),
     ],
 )
 async def test_other_paths_and_methods_are_refused(
@@ -285,7 +286,7 @@ async def test_percent_encoded_ids_round_trip(
     assert emulator.requests[-1].path == f"{PREFIX}/v1/result/{quoted(task_id)}"
     assert emulator.polls(task_id) == [emulator.requests[-1]]
     video = await client.get(body["video_url"])
-    assert video.content == Emulator.video_bytes(task_id)
+    assert video.content == emulator.video_bytes(task_id)
 
 
 @settings(
@@ -319,8 +320,8 @@ async def test_files_serve_deterministic_video_bytes(
     assert video.status_code == 200
     assert video.headers["content-type"] == "video/mp4"
     assert video.headers["content-length"] == str(64 * 1024) == str(len(video.content))
-    assert video.content == again.content == Emulator.video_bytes(first)
-    assert video.content != Emulator.video_bytes(second)
+    assert video.content == again.content == emulator.video_bytes(first)
+    assert video.content != emulator.video_bytes(second)
 
 
 async def test_files_exist_only_for_completed_tasks(
@@ -443,6 +444,9 @@ async def test_latency_delays_api_answers_only(latency: float | tuple[float, flo
         ({"latency": -0.1}, "latency"),
         ({"latency": (0.2, 0.1)}, "latency"),
         ({"latency": (-1, 1)}, "latency"),
+        ({"drop_rate": 1.1}, "drop_rate"),
+        ({"spike_rate": -0.5}, "spike_rate"),
+        ({"spike_latency": -1}, "spike_latency"),
     ],
 )
 def test_faults_are_validated(kwargs: dict[str, Any], field: str):
@@ -594,7 +598,10 @@ async def test_requests_are_recorded(
         status_code=200,
         fault=None,
         authorization="Bearer emulator-key",
+        headers=created.headers,
     )
+    assert created.headers["authorization"] == "Bearer emulator-key"
+    assert created.headers["content-type"] == "application/json"
     assert (polled.time, polled.task_id, polled.status_code) == (clock.start + 1, task_id, 200)
     assert (refused.status_code, refused.authorization) == (401, None)
     assert emulator.polls(task_id) == [polled, refused]
@@ -664,7 +671,7 @@ async def test_server_serves_on_a_free_port(clock: FakeClock):
         url = server.url
 
     assert body["video_url"] == f"{url}/files/{task_id}.mp4"
-    assert video.content == Emulator.video_bytes(task_id)
+    assert video.content == emulator.video_bytes(task_id)
     with pytest.raises(RuntimeError, match="not running"):
         _ = server.port
     async with httpx.AsyncClient() as client:
@@ -731,6 +738,20 @@ async def test_server_refuses_misuse(emulator: Emulator):
             await server.__aenter__()
 
 
+async def test_server_restarts_on_the_same_port(emulator: Emulator):
+    """A new server binds the port of one that just stopped while its closed keep-alive
+    connection still lingers (SO_REUSEADDR), and one client keeps working across the restart."""
+    async with httpx.AsyncClient(headers=AUTH) as client:
+        async with EmulatorServer(emulator) as server:
+            port = server.port
+            before = await client.get(f"{server.base_url}/v1/result/x")
+        async with EmulatorServer(emulator, port=port) as again:
+            assert again.port == port
+            after = await client.get(f"{again.base_url}/v1/result/x")
+
+    assert before.status_code == after.status_code == 404
+
+
 def test_server_explains_a_missing_hypercorn(monkeypatch: pytest.MonkeyPatch, emulator: Emulator):
     """Without the emulator extra, EmulatorServer says what to install."""
     monkeypatch.setitem(sys.modules, "hypercorn.config", None)
@@ -759,3 +780,412 @@ def test_all_lists_the_public_names_sorted():
 
     assert vsr_async.testing.__all__ == sorted(vsr_async.testing.__all__)
     assert set(vsr_async.testing.__all__) == public
+
+
+# -- result files like an object store's, over the real server
+
+SIZE = 200_000  # three blocks and a part
+
+
+@pytest.fixture
+async def server(emulator: Emulator) -> AsyncIterator[EmulatorServer]:
+    async with EmulatorServer(emulator) as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as http:
+        yield http
+
+
+def add_completed(emulator: Emulator) -> str:
+    return emulator.add_task(Timeline.completed(queued=0, processing=0))
+
+
+async def query_url(http: httpx.AsyncClient, server: EmulatorServer, task_id: str) -> str:
+    response = await http.get(f"{server.base_url}/v1/result/{quoted(task_id)}", headers=AUTH)
+    return str(response.json()["video_url"])
+
+
+async def read_until_dropped(
+    http: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> tuple[httpx.Response, bytes]:
+    """The response and the body bytes received before the server dropped the connection."""
+    received = bytearray()
+    async with http.stream(method, url, **kwargs) as response:
+        try:
+            async for chunk in response.aiter_raw():
+                received += chunk
+        except httpx.RemoteProtocolError:
+            return response, bytes(received)
+    pytest.fail("the connection was not dropped")
+
+
+def test_video_bytes_are_numbered_blocks_of_one_random_filler(emulator: Emulator):
+    """Each 64 KiB block starts with its index, so a resume off by a block does not match;
+    any slice equals the same slice of the whole file."""
+    emulator.video_size = SIZE
+    whole = emulator.video_bytes("task_a")
+    blocks = [whole[at : at + 64 * 1024] for at in range(0, SIZE, 64 * 1024)]
+
+    assert len(whole) == SIZE
+    assert [block[:8] for block in blocks] == [n.to_bytes(8, "big") for n in range(4)]
+    assert blocks[0][8:] == blocks[1][8:] == blocks[2][8:]
+    assert blocks[3][8:] == blocks[0][8 : len(blocks[3])]
+    assert blocks[0][8:] != emulator.video_bytes("task_b")[8 : 64 * 1024]
+    for start, stop in [(0, 1), (65530, 65546), (100, 150_000), (SIZE - 5, None), (-7, None)]:
+        assert emulator.video_bytes("task_a", start, stop) == whole[start:stop]
+    assert emulator.video_bytes("task_a", 10, 5) == b""
+
+
+def test_video_bytes_of_a_huge_file_are_quick(emulator: Emulator):
+    """A 256 MiB file is never built whole to give a slice of it."""
+    emulator.video_size = 256 * 1024 * 1024
+    started = time.monotonic()
+
+    tail = emulator.video_bytes("task_a", -70_000)
+
+    assert time.monotonic() - started < 0.5
+    assert len(tail) == 70_000
+    assert tail[-65536 : -65536 + 8] == (4095).to_bytes(8, "big")
+
+
+async def test_file_headers_and_a_stable_strong_etag(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient
+):
+    """A file answers video/mp4 with its length, byte ranges accepted, and a strong ETag that
+    stays the same across URLs of one task and differs between tasks."""
+    emulator.video_size = SIZE
+    task_id, other = add_completed(emulator), add_completed(emulator)
+
+    first = await http.get(await query_url(http, server, task_id))
+    again = await http.get(await query_url(http, server, task_id))
+    different = await http.get(await query_url(http, server, other))
+
+    assert first.status_code == 200
+    assert first.headers["content-type"] == "video/mp4"
+    assert first.headers["content-length"] == str(SIZE)
+    assert first.headers["accept-ranges"] == "bytes"
+    assert re.fullmatch(r'"[0-9a-f]{32}"', first.headers["etag"])
+    assert first.headers["etag"] == again.headers["etag"] == emulator.etag(task_id)
+    assert different.headers["etag"] != first.headers["etag"]
+    assert first.content == again.content == emulator.video_bytes(task_id)
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "span"),
+    [
+        pytest.param("bytes=0-", 206, (0, SIZE), id="from-0"),
+        pytest.param("bytes=100-199", 206, (100, 200), id="closed"),
+        pytest.param("bytes=65530-65545", 206, (65530, 65546), id="across-blocks"),
+        pytest.param("bytes=150000-", 206, (150_000, SIZE), id="open"),
+        pytest.param("bytes=-100", 206, (SIZE - 100, SIZE), id="suffix"),
+        pytest.param("bytes=-999999", 206, (0, SIZE), id="suffix-too-long"),
+        pytest.param("bytes=199999-999999", 206, (SIZE - 1, SIZE), id="end-clamped"),
+        pytest.param(f"bytes={SIZE}-", 416, None, id="past-the-end"),
+        pytest.param("bytes=-0", 416, None, id="empty-suffix"),
+        pytest.param("bytes=5-1", 200, (0, SIZE), id="backwards-ignored"),
+        pytest.param("bytes=0-1,5-6", 200, (0, SIZE), id="multi-ignored"),
+        pytest.param("items=0-1", 200, (0, SIZE), id="unit-ignored"),
+        pytest.param("bytes=x-", 200, (0, SIZE), id="malformed-ignored"),
+    ],
+)
+async def test_file_byte_ranges(
+    emulator: Emulator,
+    server: EmulatorServer,
+    http: httpx.AsyncClient,
+    *,
+    header: str,
+    status: int,
+    span: tuple[int, int] | None,
+):
+    """A single Range answers 206 with Content-Range, clamped to the end; past the end is 416
+    with `bytes */size`; malformed or multiple ranges get the whole file."""
+    emulator.video_size = SIZE
+    task_id = add_completed(emulator)
+
+    response = await http.get(await query_url(http, server, task_id), headers={"Range": header})
+
+    assert response.status_code == status
+    if span is None:
+        assert response.headers["content-range"] == f"bytes */{SIZE}"
+        assert response.headers["content-type"] == "application/xml"
+        assert b"<Code>InvalidRange</Code>" in response.content
+        return
+    start, stop = span
+    assert response.content == emulator.video_bytes(task_id, start, stop)
+    assert response.headers["content-length"] == str(stop - start)
+    expected = f"bytes {start}-{stop - 1}/{SIZE}" if status == 206 else None
+    assert response.headers.get("content-range") == expected
+    assert emulator.requests[-1].headers["range"] == header
+
+
+@pytest.mark.parametrize(
+    ("if_range", "status"),
+    [("etag", 206), ('"0123456789abcdef0123456789abcdef"', 200), ("weak", 200)],
+)
+async def test_if_range_resumes_only_the_same_file(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient, if_range: str, status: int
+):
+    """With If-Range, a Range is served only if the ETag matches (strongly); else the whole
+    file comes back 200."""
+    task_id = add_completed(emulator)
+    etag = emulator.etag(task_id)
+    value = {"etag": etag, "weak": f"W/{etag}"}.get(if_range, if_range)
+
+    response = await http.get(
+        await query_url(http, server, task_id), headers={"Range": "bytes=1000-", "If-Range": value}
+    )
+
+    assert response.status_code == status
+    assert response.content == emulator.video_bytes(task_id, 1000 if status == 206 else 0)
+    assert emulator.requests[-1].headers["if-range"] == value
+
+
+async def test_head_answers_the_headers_without_a_body(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient
+):
+    """HEAD answers GET's status and headers, ranges included, with no body."""
+    emulator.video_size = SIZE
+    task_id = add_completed(emulator)
+    url = await query_url(http, server, task_id)
+
+    whole = await http.head(url)
+    ranged = await http.head(url, headers={"Range": "bytes=10-19"})
+    missing = await http.head(f"{server.url}/files/task_nope.mp4")
+
+    assert whole.status_code == 200
+    assert whole.content == b""
+    assert whole.headers["content-length"] == str(SIZE)
+    assert whole.headers["etag"] == emulator.etag(task_id)
+    assert whole.headers["content-type"] == "video/mp4"
+    assert (ranged.status_code, ranged.headers["content-range"]) == (206, f"bytes 10-19/{SIZE}")
+    assert ranged.headers["content-length"] == "10"
+    assert missing.status_code == 404
+
+
+async def test_result_urls_expire_and_a_new_query_hands_out_a_fresh_one(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient, clock: FakeClock
+):
+    """With result_ttl, a video_url works until ttl seconds after its query, then answers 403
+    "Request has expired"; querying the task again hands out a new URL that works."""
+    emulator.result_ttl = 10
+    task_id = add_completed(emulator)
+    url = await query_url(http, server, task_id)
+    clock.at(9.9)
+    valid = await http.get(url)
+    clock.at(10)
+    expired = await http.get(url)
+    fresh = await query_url(http, server, task_id)
+    renewed = await http.get(fresh)
+
+    assert re.fullmatch(rf"{server.url}/files/{task_id}\.mp4\?expires=\S+", url)
+    assert valid.status_code == renewed.status_code == 200
+    assert expired.status_code == 403
+    assert expired.headers["content-type"] == "application/xml"
+    assert b"<Code>AccessDenied</Code><Message>Request has expired</Message>" in expired.content
+    assert fresh != url
+    assert renewed.content == emulator.video_bytes(task_id)
+    assert [r.status_code for r in emulator.requests if r.path.startswith("/files/")] == [
+        200,
+        403,
+        200,
+    ]
+
+
+@pytest.mark.parametrize("query", ["", "?expires=soon", "?other=1"])
+async def test_expiring_urls_need_their_expiry(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient, query: str
+):
+    """While URLs expire, a file URL without a valid expiry is refused 403 (a client must keep
+    the query string)."""
+    emulator.result_ttl = 60
+    task_id = add_completed(emulator)
+
+    response = await http.get(f"{server.url}/files/{task_id}.mp4{query}")
+
+    assert response.status_code == 403
+
+
+async def test_files_can_be_served_from_another_origin(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient
+):
+    """With files_origin, video_url points at another server of the same emulator ("another
+    host"), which serves the file; the request there carries no Authorization."""
+    task_id = add_completed(emulator)
+    async with EmulatorServer(emulator) as files:
+        files_url = emulator.files_origin = files.url
+        url = await query_url(http, server, task_id)
+        video = await http.get(url)
+
+    assert url.startswith(f"{files_url}/files/")
+    assert video.content == emulator.video_bytes(task_id)
+    download = emulator.requests[-1]
+    assert download.headers["host"] == files_url.removeprefix("http://")
+    assert "authorization" not in download.headers
+
+
+async def test_files_can_redirect_to_another_origin(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient
+):
+    """With files_redirect, /files answers 302 to the same path and query on that origin."""
+    emulator.result_ttl = 60
+    task_id = add_completed(emulator)
+    url = await query_url(http, server, task_id)
+    async with EmulatorServer(emulator) as files:
+        files_url = emulator.files_redirect = files.url
+        redirect = await http.get(url)
+        emulator.files_redirect = None
+        followed = await http.get(redirect.headers["location"])
+
+    assert redirect.status_code == 302
+    assert redirect.headers["location"] == files_url + url.removeprefix(server.url)
+    assert followed.content == emulator.video_bytes(task_id)
+
+
+async def test_cut_after_drops_the_connection_midway(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient
+):
+    """cut_after sends that many body bytes of a file, then drops the connection: the client
+    sees an incomplete body, and the request is recorded as a "cut"."""
+    emulator.cut_after = 70_000
+    emulator.video_size = SIZE
+    task_id = add_completed(emulator)
+    url = await query_url(http, server, task_id)
+
+    response, received = await read_until_dropped(http, "GET", url)
+
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(SIZE)
+    assert received == emulator.video_bytes(task_id, 0, 70_000)
+    assert (emulator.requests[-1].status_code, emulator.requests[-1].fault) == (200, "cut")
+
+
+async def test_cuts_counts_down_the_responses_to_cut(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient
+):
+    """With cuts=N, only the next N file bodies longer than cut_after are cut; a resume with
+    Range and If-Range then completes the file."""
+    emulator.cut_after, emulator.cuts = 1000, 2
+    task_id = add_completed(emulator)
+    url = await query_url(http, server, task_id)
+
+    for _ in range(2):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get(url)
+    short = await http.get(url, headers={"Range": "bytes=0-99"})
+    resumed = await http.get(
+        url, headers={"Range": "bytes=1000-", "If-Range": emulator.etag(task_id)}
+    )
+
+    assert emulator.cuts == 0
+    assert short.status_code == resumed.status_code == 206
+    assert short.content == emulator.video_bytes(task_id, 0, 100)
+    assert emulator.video_bytes(task_id, 0, 1000) + resumed.content == emulator.video_bytes(task_id)
+    assert emulator.stats.faults == {"cut": 2}
+
+
+async def test_a_16_mib_file_streams_whole(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient
+):
+    """A 16 MiB file arrives in many chunks with exactly the bytes video_bytes gives."""
+    size = 16 * 1024 * 1024
+    emulator.video_size = size
+    task_id = add_completed(emulator)
+    url = await query_url(http, server, task_id)
+
+    digest, received, chunks = hashlib.sha256(), 0, 0
+    async with http.stream("GET", url) as response:
+        assert response.headers["content-length"] == str(size)
+        async for chunk in response.aiter_raw():
+            digest.update(chunk)
+            received += len(chunk)
+            chunks += 1
+
+    assert received == size
+    assert chunks > 16
+    assert digest.hexdigest() == hashlib.sha256(emulator.video_bytes(task_id)).hexdigest()
+
+
+class BodyCounter:
+    """The emulator, counting the response body messages it sends."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.prefix = emulator.prefix
+        self.bodies = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def counted(message: MutableMapping[str, Any]) -> None:
+            self.bodies += message["type"] == "http.response.body"
+            await send(message)
+
+        await self.emulator(scope, receive, counted)
+
+
+async def test_an_abandoned_download_stops_streaming(emulator: Emulator, http: httpx.AsyncClient):
+    """When the client leaves midway, the rest of a 256 MiB file is not generated (on asyncio
+    it would pile up in the server's write buffer)."""
+    emulator.video_size = 256 * 1024 * 1024
+    task_id = add_completed(emulator)
+    counter = BodyCounter(emulator)
+    async with EmulatorServer(counter) as server:  # type: ignore[arg-type]
+        async with http.stream("GET", f"{server.url}/files/{task_id}.mp4") as response:
+            assert response.status_code == 200  # and leave with the body unread
+        await anyio.sleep(0.2)
+
+    assert 0 < counter.bodies < 100  # of 4096
+
+
+# -- dropped connections and latency spikes on the API
+
+
+async def test_drop_fault_cuts_api_answers_off(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient
+):
+    """drop_rate=1 starts every API answer 200 with a Content-Length, then drops the
+    connection midway; a dropped create creates nothing."""
+    emulator.faults = Faults(drop_rate=1.0)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await http.post(
+            f"{server.base_url}{CREATE}", json={"model": MODEL, "videoUrl": VIDEO_URL}, headers=AUTH
+        )
+    response, received = await read_until_dropped(
+        http, "GET", f"{server.base_url}/v1/result/x", headers=AUTH
+    )
+
+    assert response.status_code == 200
+    assert 0 < len(received) < int(response.headers["content-length"])
+    assert emulator.task_ids == []
+    assert emulator.stats.faults == {"drop": 2}
+    assert emulator.stats.by_status == {200: 2}
+
+
+async def test_spike_fault_delays_and_then_answers_normally(
+    emulator: Emulator, server: EmulatorServer, http: httpx.AsyncClient
+):
+    """spike_rate=1 answers every API request normally, spike_latency seconds late."""
+    emulator.faults = Faults(spike_rate=1.0, spike_latency=0.3)
+    task_id = add_completed(emulator)
+
+    started = time.monotonic()
+    response = await http.get(f"{server.base_url}/v1/result/{task_id}", headers=AUTH)
+    took = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "completed"
+    assert 0.3 <= took < 2.0
+    assert emulator.requests[-1].fault == "spike"
+    assert emulator.stats.faults == {"spike": 1}
+
+
+async def test_faults_listed_first_take_precedence(client: httpx.AsyncClient, emulator: Emulator):
+    """When rates add up past 1, the kinds listed first in Faults win over the later ones."""
+    emulator.faults = Faults(error_rate=0.5, malformed_rate=1.0, drop_rate=1.0, spike_rate=1.0)
+
+    for _ in range(40):
+        await client.get("/v1/result/x")
+
+    assert set(emulator.stats.faults) == {"5xx", "malformed"}

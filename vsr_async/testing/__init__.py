@@ -7,7 +7,9 @@
             task = await client.wait(task.id)
 
 Then ``emulator.requests``, ``emulator.polls(task.id)`` and ``emulator.stats`` tell what the
-client sent. In process, give ``httpx.ASGITransport(app=emulator)`` to an ``httpx.AsyncClient``.
+client sent. In process, give ``httpx.ASGITransport(app=emulator)`` to an ``httpx.AsyncClient``
+(which holds whole bodies, and cannot take a dropped connection: serve big files, ``cut_after``
+and ``Faults(drop_rate=...)`` with ``EmulatorServer``).
 """
 
 from ._emulator import Emulator, EmulatorStats, Faults, RecordedRequest, Timeline

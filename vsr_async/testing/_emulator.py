@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bisect
 import collections
+import functools
+import hashlib
 import itertools
 import json
 import random
@@ -11,10 +13,11 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 # ASGI, typed as httpx.ASGITransport and Starlette type it.
@@ -27,13 +30,14 @@ DEFAULT_API_KEY = "emulator-key"
 DEFAULT_PREFIX = "/kyyReactApiServer"
 DEFAULT_ERROR = "Video could not be decoded"
 VIDEO_SIZE = 64 * 1024
+_BLOCK = 64 * 1024  # result files repeat a per-task block of this size, numbered
 
 _MODELS = frozenset(
     f"superResolution-{tier}-{fps}"
     for tier in ("720p", "1080p", "2k", "4k")
     for fps in ("lowfps", "highfps")
 )
-_METHODS = {"create": "POST", "query": "GET", "file": "GET"}
+_METHODS = {"create": "POST", "query": "GET"}  # of the API routes
 _TERMINAL = frozenset({"completed", "failed"})
 _ERRORS: tuple[str | dict[str, Any], ...] = (
     DEFAULT_ERROR,
@@ -50,6 +54,8 @@ _MALFORMED = (
     (b"application/json", b'[{"status": "queued"}]'),
     (b"application/json", b'{"object": "video", "status": 5, "created": "yesterday"}'),
 )
+_XML = '<?xml version="1.0" encoding="UTF-8"?>\n'
+_DROPPED = b'{"id": "task_000000000000000000000000", "object": "video", "status": "queued"}'
 
 
 def _to_steps(steps: Iterable[tuple[float, str]]) -> tuple[tuple[float, str], ...]:
@@ -144,8 +150,9 @@ _RATE = (attrs.validators.ge(0.0), attrs.validators.le(1.0))
 class Faults:
     """Fault injection, drawn per API request (never for `/files`).
 
-    Rates are shares of API requests; if they add up to more than 1, the kinds listed first
-    take precedence.
+    Rates are shares of API requests, drawn in the order listed: if they add up to more than 1,
+    the kinds listed first take precedence. Except spikes, faults answer before routing and
+    authentication: a faulted create creates nothing.
 
     Attributes:
         error_rate: Share answered 500, 502 or 503.
@@ -154,6 +161,10 @@ class Faults:
         latency: Extra seconds before answering: fixed, or a uniform `(low, high)` range.
         malformed_rate: Share answered 200 with a broken body (HTML, truncated JSON, a JSON
             list, or an object with wrong types, in rotation).
+        drop_rate: Share answered 200 with a `Content-Length`, half of the body, and then a
+            dropped connection.
+        spike_rate: Share answered normally after an extra `spike_latency`.
+        spike_latency: Seconds of a latency spike, on top of `latency`.
     """
 
     error_rate: float = attrs.field(default=0.0, validator=_RATE)
@@ -161,6 +172,9 @@ class Faults:
     retry_after: float | None = attrs.field(default=1.0, validator=_check_retry_after)
     latency: float | tuple[float, float] = attrs.field(default=0.0, validator=_check_latency)
     malformed_rate: float = attrs.field(default=0.0, validator=_RATE)
+    drop_rate: float = attrs.field(default=0.0, validator=_RATE)
+    spike_rate: float = attrs.field(default=0.0, validator=_RATE)
+    spike_latency: float = attrs.field(default=2.0, validator=attrs.validators.ge(0.0))
 
 
 @attrs.frozen
@@ -170,11 +184,13 @@ class RecordedRequest:
     Attributes:
         time: Emulator clock at arrival.
         method: HTTP method.
-        path: Raw (still percent-encoded) path.
+        path: Raw (still percent-encoded) path, without the query.
         task_id: The decoded task ID, for result queries; else `None`.
         status_code: The status answered.
-        fault: `"5xx"`, `"429"` or `"malformed"` if a fault was injected, else `None`.
+        fault: The injected fault, if any: `"5xx"`, `"429"`, `"malformed"`, `"drop"` or
+            `"spike"` for API requests, `"cut"` for a file response cut short (`cut_after`).
         authorization: The `Authorization` header as received.
+        headers: All request headers, with lower-case names.
     """
 
     time: float
@@ -184,6 +200,7 @@ class RecordedRequest:
     status_code: int
     fault: str | None
     authorization: str | None
+    headers: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
@@ -217,6 +234,7 @@ class _Request:
 
     method: str
     path: str  # raw
+    query: str  # raw
     headers: Mapping[str, str]
     body: bytes
     origin: str  # scheme://host, for absolute URLs
@@ -236,6 +254,7 @@ class _Request:
         return cls(
             method=scope["method"],
             path=raw_path.decode("latin-1") if raw_path else urllib.parse.quote(scope["path"]),
+            query=scope.get("query_string", b"").decode("latin-1"),
             headers=headers,
             body=b"".join(chunks),
             origin=f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}",
@@ -249,16 +268,43 @@ class _Reply:
     content_type: bytes = b"application/json"
     headers: tuple[tuple[bytes, bytes], ...] = ()
     fault: str | None = None
+    stream: Iterable[bytes] | None = None  # chunks sent instead of `body`
+    length: int | None = None  # Content-Length if not len(body): a stream's, a HEAD's
+    cut_after: int | None = None  # body bytes sent before dropping the connection
 
-    async def send(self, send: Send) -> None:
+    async def send(self, send: Send, receive: Receive) -> None:
+        """Send the reply, and stop if the client disconnects (a stream would go on)."""
+
+        async def stop_on_disconnect() -> None:
+            await receive()  # after the request's body, only `http.disconnect` may come
+            task_group.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(stop_on_disconnect)
+            await self._send(send)
+            task_group.cancel_scope.cancel()
+
+    async def _send(self, send: Send) -> None:
+        chunks = (self.body,) if self.stream is None else self.stream
+        length = len(self.body) if self.length is None else self.length
         headers = [
             (b"content-type", self.content_type),
-            (b"content-length", str(len(self.body)).encode()),
+            (b"content-length", str(length).encode()),
             (b"x-request-id", f"req_{uuid.uuid4().hex}".encode()),
             *self.headers,
         ]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
+        sent = 0
+        for chunk in chunks:
+            if self.cut_after is not None and sent + len(chunk) >= self.cut_after:
+                part = chunk[: self.cut_after - sent]
+                # Unfinished: the server drops the connection when the app returns.
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+                return
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent += len(chunk)
+            await anyio.lowlevel.checkpoint()  # a send may not yield, or be shielded
+        await send({"type": "http.response.body", "body": b""})
 
 
 def _json(
@@ -294,10 +340,56 @@ def _seconds(value: float) -> bytes:
     return str(int(value) if float(value).is_integer() else value).encode()
 
 
+def _storage_error(
+    status: int, code: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> _Reply:
+    """An error as an S3-style object store words it."""
+    body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    return _Reply(status, (_XML + body).encode(), b"application/xml", headers)
+
+
+@functools.lru_cache(maxsize=64)
+def _filler(task_id: str) -> bytes:
+    """The random part of each block of a task's result file."""
+    return random.Random(task_id).randbytes(_BLOCK - 8)
+
+
+def _video_chunks(task_id: str, start: int, stop: int) -> Iterator[bytes]:
+    """Bytes `start` to `stop` of a task's result file, at most one block at a time.
+
+    Block `n` is `n` as 8 big-endian bytes, then the task's random filler.
+    """
+    filler = _filler(task_id)
+    for index in range(start // _BLOCK, -(-stop // _BLOCK)):
+        offset = index * _BLOCK
+        yield (index.to_bytes(8, "big") + filler)[max(start - offset, 0) : stop - offset]
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """`(start, stop)` asked by a single-range `Range` header, or `None` to send it all.
+
+    The span is empty if the range cannot be satisfied. Malformed and multiple ranges are
+    ignored, as many servers do.
+    """
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
+    if match is None or match[1] == match[2] == "":
+        return None
+    if not match[1]:  # the last N bytes
+        return max(size - int(match[2]), 0), size
+    start = int(match[1])
+    if match[2] and int(match[2]) < start:
+        return None
+    return start, min(int(match[2]) + 1, size) if match[2] else size
+
+
 class Emulator:
     """The VSR task API as an ASGI app, for tests and demos.
 
     Task status follows each task's `Timeline`, computed from `clock()` on every query.
+    Result files are served like an object store's: `ETag`, `HEAD`, single byte ranges
+    (`Range`, `If-Range`), 403 once the URL expired, 404 unless the task completed.
+    `faults`, `loose` and the file settings (`video_size` on) are attributes too: tests may
+    change them at run time.
 
     Args:
         api_key: The accepted Bearer token.
@@ -309,6 +401,16 @@ class Emulator:
         clock: Monotonic seconds; pass a fake one to move tasks along without sleeping.
         loose: Answer like this provider family sometimes does: status in any case,
             `created` in milliseconds, `error` as an object, and extra fields.
+        video_size: Bytes of each result file, made up block by block (see `video_bytes`).
+        result_ttl: Seconds a `video_url` stays valid after the query that handed it out,
+            or `None` for URLs without expiry.
+        files_origin: `scheme://host:port` of the `video_url`s, by default the request's:
+            serve the emulator a second time there to have "another host" serve the files.
+        files_redirect: If set, `/files` answers 302 to the same path and query there.
+        cut_after: If set, a file response longer than this drops the connection after this
+            many body bytes (recorded as fault `"cut"`).
+        cuts: How many more file responses `cut_after` cuts, counted down by each cut, or
+            `None` for all of them.
     """
 
     def __init__(
@@ -321,11 +423,23 @@ class Emulator:
         prefix: str = DEFAULT_PREFIX,
         clock: Callable[[], float] = time.monotonic,
         loose: bool = False,
+        video_size: int = VIDEO_SIZE,
+        result_ttl: float | None = None,
+        files_origin: str | None = None,
+        files_redirect: str | None = None,
+        cut_after: int | None = None,
+        cuts: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.prefix = prefix.rstrip("/")
         self.faults = faults if faults is not None else Faults()
         self.loose = loose
+        self.video_size = video_size
+        self.result_ttl = result_ttl
+        self.files_origin = files_origin
+        self.files_redirect = files_redirect
+        self.cut_after = cut_after
+        self.cuts = cuts
         self.requests: list[RecordedRequest] = []
         self._clock = clock
         self._timeline = timeline
@@ -401,10 +515,19 @@ class Emulator:
         """Forget the recorded requests."""
         self.requests.clear()
 
-    @staticmethod
-    def video_bytes(task_id: str) -> bytes:
-        """The bytes served as the result video of `task_id`."""
-        return random.Random(task_id).randbytes(VIDEO_SIZE)
+    def video_bytes(self, task_id: str, start: int = 0, stop: int | None = None) -> bytes:
+        """Bytes `start:stop` (a slice) of the result file of `task_id`.
+
+        Each 64 KiB block is its index as 8 big-endian bytes, then random bytes drawn once per
+        task: a download resumed at the wrong offset does not match.
+        """
+        start, stop, _ = slice(start, stop).indices(self.video_size)
+        return b"".join(_video_chunks(task_id, start, stop))
+
+    def etag(self, task_id: str) -> str:
+        """The strong `ETag` of the result file of `task_id` (quotes included)."""
+        digest = hashlib.sha256(json.dumps([task_id, self.video_size]).encode()).hexdigest()
+        return f'"{digest[:32]}"'
 
     # -- ASGI
 
@@ -422,10 +545,10 @@ class Emulator:
         request = await _Request.read(scope, receive)
         route, task_id = self._route(request.path)
         if route == "file":
-            reply = self._file(request.method, task_id)
+            reply = self._file(request, task_id)
         else:
             await self._delay()
-            reply = self._draw_fault() or self._answer(request, route, task_id)
+            reply = await self._api(request, route, task_id)
         self.requests.append(
             RecordedRequest(
                 time=arrived,
@@ -435,9 +558,10 @@ class Emulator:
                 status_code=reply.status,
                 fault=reply.fault,
                 authorization=request.headers.get("authorization"),
+                headers=request.headers,
             )
         )
-        await reply.send(send)
+        await reply.send(send, receive)
 
     def _route(self, path: str) -> tuple[str, str]:
         """The route's name ("" if none) and the decoded task ID in the path ("" if none)."""
@@ -452,20 +576,37 @@ class Emulator:
         if seconds:
             await anyio.sleep(seconds)
 
-    def _draw_fault(self) -> _Reply | None:
-        faults, draw = self.faults, self._noise.random()
-        if draw < faults.error_rate:
+    async def _api(self, request: _Request, route: str, task_id: str) -> _Reply:
+        fault = self._draw_fault()
+        if fault == "spike":
+            await anyio.sleep(self.faults.spike_latency)
+            return attrs.evolve(self._answer(request, route, task_id), fault=fault)
+        if fault == "5xx":
             status = self._noise.choice(list(_SERVER_ERRORS))
-            return _json(status, {"message": _SERVER_ERRORS[status]}, fault="5xx")
-        draw -= faults.error_rate
-        if draw < faults.rate_limit_rate:
-            retry_after = faults.retry_after
+            return _json(status, {"message": _SERVER_ERRORS[status]}, fault=fault)
+        if fault == "429":
+            retry_after = self.faults.retry_after
             headers = () if retry_after is None else ((b"retry-after", _seconds(retry_after)),)
-            return _json(429, {"message": "Too many requests"}, headers, fault="429")
-        draw -= faults.rate_limit_rate
-        if draw < faults.malformed_rate:
+            return _json(429, {"message": "Too many requests"}, headers, fault=fault)
+        if fault == "malformed":
             content_type, body = next(self._malformed)
-            return _Reply(200, body, content_type, fault="malformed")
+            return _Reply(200, body, content_type, fault=fault)
+        if fault == "drop":
+            return _Reply(200, _DROPPED, fault=fault, cut_after=len(_DROPPED) // 2)
+        return self._answer(request, route, task_id)
+
+    def _draw_fault(self) -> str | None:
+        faults, draw = self.faults, self._noise.random()
+        for kind, rate in (
+            ("5xx", faults.error_rate),
+            ("429", faults.rate_limit_rate),
+            ("malformed", faults.malformed_rate),
+            ("drop", faults.drop_rate),
+            ("spike", faults.spike_rate),
+        ):
+            if draw < rate:
+                return kind
+            draw -= rate
         return None
 
     def _answer(self, request: _Request, route: str, task_id: str) -> _Reply:
@@ -502,7 +643,7 @@ class Emulator:
             "status": status,
         }
         if status == "completed":
-            data["video_url"] = f"{origin}/files/{urllib.parse.quote(task.id, safe='')}.mp4"
+            data["video_url"] = self._video_url(task.id, self.files_origin or origin)
             data["actualDuration"] = task.timeline.actual_duration
         elif status == "failed":
             data["error"] = task.timeline.error
@@ -516,12 +657,71 @@ class Emulator:
                 data["error"] = {"code": "task_failed", "message": data["error"]}
         return data
 
-    def _file(self, method: str, task_id: str) -> _Reply:
-        if method != _METHODS["file"]:
-            return _not_allowed(method, _METHODS["file"])
+    def _video_url(self, task_id: str, origin: str) -> str:
+        url = f"{origin.rstrip('/')}/files/{urllib.parse.quote(task_id, safe='')}.mp4"
+        if self.result_ttl is None:
+            return url
+        return f"{url}?expires={self._clock() + self.result_ttl!r}"
+
+    def _expired(self, query: str) -> bool:
+        """Whether a file URL with this query is refused: past its expiry, or without one
+        while URLs expire."""
+        expires = urllib.parse.parse_qs(query).get("expires")
+        if expires is None:
+            return self.result_ttl is not None
+        try:
+            return self._clock() >= float(expires[0])
+        except ValueError:
+            return True
+
+    def _file(self, request: _Request, task_id: str) -> _Reply:
+        if request.method not in {"GET", "HEAD"}:
+            return _not_allowed(request.method, "GET, HEAD")
+        if self.files_redirect is not None:
+            location = f"{self.files_redirect.rstrip('/')}{request.path}"
+            location += f"?{request.query}" if request.query else ""
+            return _Reply(302, b"", b"text/plain", ((b"location", location.encode()),))
+        if self._expired(request.query):
+            return _storage_error(403, "AccessDenied", "Request has expired")
         if task_id not in self._tasks or self.status_of(task_id) != "completed":
             return _json(404, {"message": "Not found"})
-        return _Reply(200, self.video_bytes(task_id), b"video/mp4")
+        return self._video(request, task_id)
+
+    def _video(self, request: _Request, task_id: str) -> _Reply:
+        """The result file: whole, or the range asked for."""
+        size, etag = self.video_size, self.etag(task_id)
+        headers = [(b"accept-ranges", b"bytes"), (b"etag", etag.encode())]
+        status, (start, stop) = 200, (0, size)
+        if request.headers.get("if-range", etag) == etag:
+            span = _byte_range(request.headers.get("range"), size)
+            if span is not None:
+                status, (start, stop) = 206, span
+                if start >= stop:
+                    problem = "The requested range is not satisfiable"
+                    unsatisfied = ((b"content-range", f"bytes */{size}".encode()),)
+                    return _storage_error(416, "InvalidRange", problem, unsatisfied)
+                headers.append((b"content-range", f"bytes {start}-{stop - 1}/{size}".encode()))
+        if request.method == "HEAD":
+            return _Reply(status, b"", b"video/mp4", tuple(headers), length=stop - start)
+        cut_after = self._cut(stop - start)
+        return _Reply(
+            status,
+            b"",
+            b"video/mp4",
+            tuple(headers),
+            fault=None if cut_after is None else "cut",
+            stream=_video_chunks(task_id, start, stop),
+            length=stop - start,
+            cut_after=cut_after,
+        )
+
+    def _cut(self, length: int) -> int | None:
+        """Where to cut a file body of `length` bytes, if anywhere; counts down `cuts`."""
+        if self.cut_after is None or self.cut_after >= length or self.cuts == 0:
+            return None
+        if self.cuts is not None:
+            self.cuts -= 1
+        return self.cut_after
 
     def _next_timeline(self) -> Timeline:
         if isinstance(self._timeline, Timeline):
