@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 import re
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -28,7 +29,12 @@ from vsr_async import (
     WaitTimeoutError,
     _errors,
 )
-from vsr_async._errors import parse_retry_after
+from vsr_async._errors import (
+    DownloadError,
+    ResultExpiredError,
+    ResultNotReadyError,
+    parse_retry_after,
+)
 
 SECRET = "sk-sentinel-0123456789abcdef"
 URL = "https://api.example.com/kyyReactApiServer/v1/result/task-1"
@@ -184,7 +190,7 @@ def _documented_tree() -> dict[str, str]:
     parents: dict[str, str] = {}
     stack: list[tuple[int, str]] = []
     for line in _errors.__doc__.splitlines():
-        match = re.match(r"^(\s*)((?:[│ ]   )*)(?:├── |└── )?([A-Za-z]+Error)\b", line)
+        match = re.match(r"^( {4})((?:[│ ]   )*)(?:├── |└── )?([A-Za-z]+Error)\b", line)
         if not match:
             continue
         depth = len(match.group(2)) // 4 + (1 if "── " in line else 0)
@@ -213,6 +219,9 @@ def test_exception_tree_matches_the_docstring() -> None:
         "ResponseValidationError": "VSRError",
         "TaskFailedError": "VSRError",
         "WaitTimeoutError": "VSRError",
+        "DownloadError": "VSRError",
+        "ResultExpiredError": "DownloadError",
+        "ResultNotReadyError": "DownloadError",
     }
     for name, parent in parents.items():
         cls = getattr(vsr_async, name)
@@ -225,15 +234,17 @@ def test_exception_tree_shape() -> None:
     assert issubclass(APITimeoutError, APIConnectionError)
     assert not issubclass(APIConnectionError, APIStatusError)
     assert not issubclass(APIStatusError, APIConnectionError)
-    for cls in (ResponseValidationError, TaskFailedError, WaitTimeoutError):
+    for cls in (ResponseValidationError, TaskFailedError, WaitTimeoutError, DownloadError):
         assert not issubclass(cls, (APIStatusError, APIConnectionError))
+    assert issubclass(ResultExpiredError, DownloadError)
+    assert issubclass(ResultNotReadyError, DownloadError)
     exported = [
         getattr(vsr_async, name)
         for name in vsr_async.__all__
         if isinstance(getattr(vsr_async, name), type)
         and issubclass(getattr(vsr_async, name), BaseException)
     ]
-    assert len(exported) == 13
+    assert len(exported) == 16
     assert all(issubclass(cls, VSRError) for cls in exported)
 
 
@@ -272,3 +283,58 @@ def test_response_validation_error_quotes_the_body() -> None:
     error = ResponseValidationError.from_body("the answer is not JSON", b"<html>\xff")
     assert error.snippet == "<html>\ufffd"
     assert str(error) == "the answer is not JSON; body starts: '<html>\ufffd'"
+
+
+def test_key_echoed_anywhere_in_the_body_is_masked() -> None:
+    """A server echoing the key puts it nowhere in ``body`` either: every string, keys too."""
+    error = error_for(
+        401,
+        json={"message": f"bad {SECRET}", "detail": {"echo": [f"Bearer {SECRET}", 7], SECRET: 1}},
+    )
+    assert error.body == {
+        "message": "bad [secure]",
+        "detail": {"echo": ["Bearer [secure]", 7], "[secure]": 1},
+    }
+    assert error.message == "bad [secure]"
+    nested = error_for(500, content=b'["%s", ' % SECRET.encode() + b"[" * 700 + b"]" * 701)
+    assert SECRET not in repr(nested.body)  # too deep to search: dropped, not kept
+
+
+def _one_of_each_error() -> list[vsr_async.VSRError]:
+    task = Task(id="t-1", status=TaskStatus.FAILED, error=TaskError("corrupt input", code="E7"))
+    headers = {"X-Request-ID": "req-7", "Retry-After": "3"}
+    return [
+        VSRError("root"),
+        APIConnectionError("GET u failed: ConnectError"),
+        APITimeoutError("GET u timed out"),
+        APIStatusError("teapot", status_code=418, body=[1, {"a": None}], method="GET", url=URL),
+        *(error_for(s, json={"message": "no"}, headers=headers) for s in (400, 401, 403, 404)),
+        error_for(429, headers=headers),
+        error_for(503, content=b"<html>"),
+        ResponseValidationError.from_body("the answer is not JSON", b"<html>\xff"),
+        TaskFailedError(task),
+        WaitTimeoutError("t-1", 2.5, task),
+        WaitTimeoutError("t-2", 60.0, None),
+        DownloadError("the transfer kept breaking off"),
+        ResultExpiredError("https://files.example.com/t-1.mp4", 403),
+        ResultNotReadyError(Task(id="t-1", status=TaskStatus.PROCESSING)),
+    ]
+
+
+def _subclasses(cls: type[VSRError]) -> set[type[VSRError]]:
+    return {cls}.union(*(_subclasses(sub) for sub in cls.__subclasses__()))
+
+
+@pytest.mark.parametrize("protocol", [0, pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL])
+def test_every_error_pickles_with_its_message_and_attributes(protocol: int) -> None:
+    """Each error class (keyword-only constructors included) survives pickle, as
+    multiprocessing needs: same class, message, args and attributes."""
+    errors = _one_of_each_error()
+    in_tree = {c for c in _subclasses(VSRError) if c.__module__ == "vsr_async._errors"}
+    assert {type(e) for e in errors} == in_tree  # a new class needs a sample here
+    for error in errors:
+        loaded = pickle.loads(pickle.dumps(error, protocol=protocol))  # noqa: S301 (our own)
+        assert type(loaded) is type(error)
+        assert str(loaded) == str(error)
+        assert loaded.args == error.args
+        assert vars(loaded) == vars(error)

@@ -21,9 +21,11 @@ from ._config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     DEFAULT_WAIT_TIMEOUT,
+    MAX_RESPONSE_BYTES,
     USER_AGENT,
 )
 from ._converter import parse_task
+from ._download import download
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -48,6 +50,7 @@ from ._watch import Watcher
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from pathlib import Path
     from types import TracebackType
 
     from ._watch import Transition
@@ -72,7 +75,11 @@ class AsyncVSRClient:
             logs or errors.
         base_url: The API's root; defaults to ``$VSR_BASE_URL``, then the provider's URL.
         timeout: Per request, seconds or an ``httpx.Timeout``. A caller's ``http_client``
-            keeps its own timeout unless this is given.
+            keeps its own timeout unless this is given. Its read timeout limits each wait for
+            data; each API attempt as a whole, from connecting to the answer's last byte, is
+            also limited to ``connect + read`` seconds (40 s by default; no limit if either is
+            ``None``), so a server trickling its answer cannot hold a call. Past it comes an
+            `APITimeoutError`, retried like any timeout.
         max_retries: Retries of a failed query (connection errors, timeouts, 429, 5xx).
             A create is retried only when the request never left (connect errors).
         max_connections: Requests in flight at once; the size of the pool we create.
@@ -111,13 +118,18 @@ class AsyncVSRClient:
             self._request_timeout: httpx.Timeout | httpx._client.UseClientDefault = (
                 httpx.USE_CLIENT_DEFAULT
             )
+            timeouts = http_client.timeout
         else:
             # The caller's client keeps its own timeout unless ours was asked for.
             self._request_headers = httpx.Headers(headers)  # its repr hides the key
-            self._request_timeout = (
-                httpx.USE_CLIENT_DEFAULT if timeout is DEFAULT_TIMEOUT else httpx.Timeout(timeout)
-            )
+            if timeout is DEFAULT_TIMEOUT:
+                self._request_timeout = httpx.USE_CLIENT_DEFAULT
+                timeouts = http_client.timeout
+            else:
+                self._request_timeout = timeouts = httpx.Timeout(timeout)
         self._http = http_client
+        # httpx's read timeout is per read: a server trickling bytes never trips it.
+        self._attempt_timeout = _attempt_seconds(timeouts)
         # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
         self._limiter = anyio.CapacityLimiter(max_connections)
         self._closed = False
@@ -259,6 +271,43 @@ class AsyncVSRClient:
             keep_open=keep_open,
         )
 
+    async def download(
+        self,
+        source: Task | str,
+        dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        progress: Callable[[int, int | None], object] | None = None,
+    ) -> Path:
+        """Save a task's result video to ``dest`` and return the file's path.
+
+        The body is streamed to ``<file>.part`` and renamed into place once complete and
+        fsynced: the file is either absent or whole. A broken transfer resumes where it stopped
+        (``Range`` and ``If-Range``), now or in a later call that finds the part; transient
+        failures are retried like queries. The API key is never sent with it, nor with a
+        redirect. While it runs, a download holds one of the ``max_connections`` slots.
+
+        Args:
+            source: A `Task`, a task ID (queried first) or a result URL. A URL that expired is
+                fetched afresh once, by querying the task again, unless only the URL was given.
+            dest: A file path, or an existing directory: the file is then named after the task
+                ID (or the URL's last segment) with the URL's extension, reduced to
+                ``[A-Za-z0-9._-]`` so it stays inside the directory.
+            overwrite: Replace an existing file instead of raising `FileExistsError`.
+            progress: Called as ``progress(bytes_done, bytes_total)`` as the file grows; the
+                total is ``None`` when the server does not send one.
+
+        Raises:
+            FileExistsError: The file exists and ``overwrite`` is false.
+            ResultNotReadyError: The task is still queued or processing.
+            TaskFailedError: The task failed: it has no result.
+            ResultExpiredError: The result URL was refused (403, 404, 410), even afresh.
+            DownloadError: The transfer kept breaking off, or was redirected somewhere refused.
+            VSRError: Any other failure, after retries.
+        """
+        self._check_open()
+        return await download(self, source, dest, overwrite=overwrite, progress=progress)
+
     # The single-attempt layer: the watcher calls these and schedules its own retries.
 
     def _task_url(self, task_id: str) -> str:
@@ -274,7 +323,17 @@ class AsyncVSRClient:
         )
         try:
             async with self._limiter:
-                response = await self._http.send(request)
+                with anyio.fail_after(self._attempt_timeout):
+                    response = await self._http.send(request, stream=True)
+                    try:
+                        content, whole = await _read_bounded(response)
+                    finally:
+                        await response.aclose()
+        except TimeoutError as exc:  # our deadline for the whole attempt
+            seconds = self._attempt_timeout
+            raise APITimeoutError(
+                f"{method} {url} timed out (no whole answer in {seconds:g} s)"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise APITimeoutError(f"{method} {url} timed out ({type(exc).__name__})") from exc
         except httpx.DecodingError as exc:  # a broken Content-Encoding: garbage, not a task
@@ -282,6 +341,13 @@ class AsyncVSRClient:
             raise ResponseValidationError(reason, snippet="") from exc
         except httpx.TransportError as exc:
             raise APIConnectionError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+        content = _without_key(content, request)
+        if not whole:
+            reason = f"the answer is larger than {MAX_RESPONSE_BYTES} bytes, the most we read"
+            if response.is_success:
+                raise ResponseValidationError.from_body(reason, content)
+            content = b""  # the status is the error; a body that size would say nothing more
+        response = _with_content(response, content)
         if not response.is_success:
             raise APIStatusError.from_response(response)
         return response
@@ -314,6 +380,60 @@ class AsyncVSRClient:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this AsyncVSRClient is closed; open a new one")
+
+
+def _attempt_seconds(timeout: httpx.Timeout) -> float:
+    """Seconds one attempt may take in all: ``connect + read``, unbounded if either is."""
+    if timeout.connect is None or timeout.read is None:
+        return math.inf
+    return timeout.connect + timeout.read
+
+
+async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
+    """The start of a streamed response's decoded body, up to `MAX_RESPONSE_BYTES`, and
+    whether that is all of it. A ``Content-Length`` over the bound is not read at all."""
+    length = response.headers.get("content-length", "").lstrip("0")  # maybe garbage, or several
+    huge = len(length) > len(str(MAX_RESPONSE_BYTES))  # (too many digits for int() even)
+    if length.isascii() and length.isdigit() and (huge or int(length) > MAX_RESPONSE_BYTES):
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    # Leaving the loop early would leave httpx's nested body iterators suspended, for the
+    # garbage collector (trio warns about each). Cancelling ends them from inside instead:
+    # the next read from the network raises, and they all unwind and close the connection.
+    with anyio.CancelScope() as stop:
+        async for chunk in response.aiter_bytes():
+            if not stop.cancel_called:
+                chunks.append(chunk[: MAX_RESPONSE_BYTES - size])
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    stop.cancel()
+    return b"".join(chunks), size <= MAX_RESPONSE_BYTES
+
+
+def _without_key(content: bytes, request: httpx.Request) -> bytes:
+    """``content`` with the API key masked, should the server echo it: an echo proxy, a
+    debug page (error messages quote the start of an unreadable body)."""
+    token = request.headers.get("authorization", "").partition(" ")[2]
+    return (
+        content.replace(token.encode(request.headers.encoding), b"[secure]") if token else content
+    )
+
+
+#: Headers describing the body as it came over the wire, not the decoded one we keep.
+_WIRE_HEADERS = (b"content-encoding", b"content-length", b"transfer-encoding")
+
+
+def _with_content(response: httpx.Response, content: bytes) -> httpx.Response:
+    """The closed, streamed ``response`` rebuilt around its decoded ``content``."""
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=content,
+        request=response.request,
+        extensions=response.extensions,
+    )
 
 
 def _never_sent(exc: VSRError) -> bool:

@@ -41,3 +41,12 @@ WARN_AFTER_FAILURES = 3
 
 #: How much of an unreadable body an error message quotes.
 SNIPPET_LENGTH = 200
+#: The largest API answer (decoded) we read: a larger one is refused without being read whole.
+MAX_RESPONSE_BYTES = 1024 * 1024
+
+#: A download writes to disk in batches of this many bytes (from a worker thread).
+DOWNLOAD_BUFFER = 1024 * 1024
+#: Redirects a download follows (each one checked: http(s) only, never with the key).
+MAX_REDIRECTS = 5
+#: The longest file name a download makes up from a task ID or a URL.
+MAX_NAME_LENGTH = 200

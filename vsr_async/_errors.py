@@ -10,13 +10,17 @@
     │   ├── TaskNotFoundError       404
     │   ├── RateLimitError          429 (and a Retry-After too long to wait)
     │   └── ServerError             5xx
-    ├── ResponseValidationError     a success answer that is not a task
+    ├── ResponseValidationError     a success answer that is not a task (or over 1 MiB)
     ├── TaskFailedError             the task ended ``failed``
-    └── WaitTimeoutError            the deadline passed before the task ended
+    ├── WaitTimeoutError            the deadline passed before the task ended
+    └── DownloadError               a result could not be saved
+        ├── ResultExpiredError      its URL expired or was refused (403, 404, 410)
+        └── ResultNotReadyError     the task is still queued or processing
 
 Misuse (an invalid task ID, a closed client) raises `ValueError` or `RuntimeError`, outside
 this tree. No message here ever contains the API key: errors keep the method, the URL and the
-status, never the request's headers.
+status, never the request's headers. Every error pickles (for multiprocessing) with its message
+and attributes.
 """
 
 from __future__ import annotations
@@ -27,16 +31,27 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from ._config import SNIPPET_LENGTH
 
 if TYPE_CHECKING:
-    import httpx
-
     from ._models import Task
 
 
 class VSRError(Exception):
     """The root of every error the API or a task can cause."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle calls cls(*args) by default, which our constructors refuse: rebuild without
+        # __init__ instead, then restore the attributes (args keeps the message).
+        return _unpickle, (type(self), self.args), self.__dict__
+
+
+def _unpickle(cls: type[VSRError], args: tuple[Any, ...]) -> VSRError:
+    error = cls.__new__(cls)
+    error.args = args  # (OSError's __new__, under WaitTimeoutError, leaves args to __init__)
+    return error
 
 
 class APIConnectionError(VSRError):
@@ -83,14 +98,21 @@ class APIStatusError(VSRError):
     @classmethod
     def from_response(cls, response: httpx.Response) -> APIStatusError:
         """Build the right subclass for an error response, parsing its body once."""
-        body = _json_or_none(response)
-        message = body.get("message") if isinstance(body, dict) else None
-        if not isinstance(message, str) or not message:
-            message = response.reason_phrase or "error"
         request = response.request
         token = request.headers.get("authorization", "").partition(" ")[2]
-        if token and token in message:  # some servers echo the credential back
-            message = message.replace(token, "[secure]")
+        body = _json_or_none(response)
+        if token:  # some servers echo the credential back
+            try:
+                body = _masked(body, token)
+            except RecursionError:  # nested too deep to search: drop it rather than leak it
+                body = None
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, str) or not message:
+            # (HTTP/1.1 servers may send an empty reason phrase: hypercorn does.)
+            phrase = response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)
+            message = phrase or "error"
+        if token:
+            message = message.replace(token, _MASK)
         error_class = _STATUS_ERRORS.get(response.status_code)
         if error_class is None:
             error_class = ServerError if response.status_code >= 500 else APIStatusError
@@ -198,3 +220,44 @@ def _json_or_none(response: httpx.Response) -> Any:
         return json.loads(response.content)
     except (ValueError, RecursionError):
         return None
+
+
+_MASK = "[secure]"
+
+
+def _masked(value: Any, secret: str) -> Any:
+    """Parsed JSON ``value`` with ``secret`` replaced in every string, keys included."""
+    if isinstance(value, str):
+        return value.replace(secret, _MASK)
+    if isinstance(value, list):
+        return [_masked(item, secret) for item in value]
+    if isinstance(value, dict):
+        return {_masked(key, secret): _masked(item, secret) for key, item in value.items()}
+    return value
+
+
+class DownloadError(VSRError):
+    """A result could not be saved: the transfer kept breaking off, or was sent somewhere
+    refused (a non-http(s) redirect, too many redirects)."""
+
+
+class ResultExpiredError(DownloadError):
+    """The result URL expired or was refused (403, 404 or 410 from the storage host).
+
+    Attributes:
+        url: The URL, without its query (signed URLs carry their signature there).
+        status_code: The HTTP status.
+    """
+
+    def __init__(self, url: str, status_code: int) -> None:
+        super().__init__(f"the result URL {url} has expired or was refused ({status_code})")
+        self.url = url
+        self.status_code = status_code
+
+
+class ResultNotReadyError(DownloadError):
+    """The task has no result yet: it is still queued or processing. ``task`` is the snapshot."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(f"task {task.id!r} has no result yet: it is {task.status}")
+        self.task = task

@@ -1,0 +1,547 @@
+"""`AsyncVSRClient.download`: streamed, atomic, resumable, and the key never leaves the API host.
+
+Over real loopback sockets: the emulator serves the API and the result files (with ETag, ranges,
+expiring URLs and cut-off bodies); small ASGI apps play the storage hosts that misbehave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+import pytest
+from _helpers import KEY
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vsr_async import (
+    APIConnectionError,
+    AsyncVSRClient,
+    DownloadError,
+    ResultExpiredError,
+    ResultNotReadyError,
+    ServerError,
+    Task,
+    TaskFailedError,
+    VSRError,
+)
+from vsr_async._config import MAX_NAME_LENGTH, MAX_REDIRECTS
+from vsr_async._download import destination
+from vsr_async._retry import retry_delay
+from vsr_async.testing import Emulator, EmulatorServer, Timeline
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from vsr_async.testing import RecordedRequest
+    from vsr_async.testing._emulator import Receive, Scope, Send
+
+pytestmark = pytest.mark.anyio
+
+DONE = Timeline.completed(queued=0, processing=0)
+SIZE = 3 * 1024 * 1024 + 123  # a few write batches, and not a whole number of them
+
+
+@contextlib.asynccontextmanager
+async def api(
+    emulator: Emulator, **options: Any
+) -> AsyncIterator[tuple[AsyncVSRClient, EmulatorServer]]:
+    async with (
+        EmulatorServer(emulator) as server,
+        AsyncVSRClient(KEY, base_url=server.base_url, **options) as client,
+    ):
+        yield client, server
+
+
+def asgi(
+    handle: Callable[[Scope, Receive, Send], Any],
+) -> Callable[[Scope, Receive, Send], Any]:
+    """An ASGI app answering HTTP requests with ``handle``, and the lifespan protocol."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    return app
+
+
+def files(emulator: Emulator) -> list[RecordedRequest]:
+    return [r for r in emulator.requests if r.path.startswith("/files/")]
+
+
+def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry without sleeping out the delays (still computed, so a bad argument fails)."""
+
+    def no_delay(exc: VSRError, attempt: int) -> float:
+        return retry_delay(exc, attempt) * 0
+
+    monkeypatch.setattr("vsr_async._download.retry_delay", no_delay)
+
+
+# -- the happy path
+
+
+async def test_downloads_by_id_into_a_directory(tmp_path: Path) -> None:
+    """An ID is queried, its file streamed into DIR/<id>.mp4, progress reported to the end."""
+    emulator = Emulator(timeline=DONE, video_size=SIZE)
+    task_id = emulator.add_task()
+    seen: list[tuple[int, int | None]] = []
+    async with api(emulator) as (client, _):
+        path = await client.download(task_id, tmp_path, progress=lambda *a: seen.append(a))
+    assert path == tmp_path / f"{task_id}.mp4"
+    assert path.read_bytes() == emulator.video_bytes(task_id)
+    assert sorted(tmp_path.iterdir()) == [path]  # no part file or validator left
+    assert seen[0] == (0, SIZE)
+    assert seen[-1] == (SIZE, SIZE)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+async def test_takes_a_task_or_a_url(tmp_path: Path) -> None:
+    """A `Task` is not queried again; a URL is named after its last path segment."""
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    async with api(emulator) as (client, _):
+        task = await client.get_task(task_id)
+        emulator.reset_stats()
+        by_task = await client.download(task, tmp_path / "mine.bin")
+        assert [r.path for r in emulator.requests] == [files(emulator)[0].path]
+        assert task.video_url is not None
+        by_url = await client.download(task.video_url, tmp_path)
+    assert by_task == tmp_path / "mine.bin"
+    assert by_url == tmp_path / f"{task_id}.mp4"
+    assert by_task.read_bytes() == by_url.read_bytes() == emulator.video_bytes(task_id)
+
+
+async def test_a_task_without_a_result_is_an_error(tmp_path: Path) -> None:
+    """A running task raises `ResultNotReadyError`, a failed one `TaskFailedError`, and
+    nothing is written."""
+    emulator = Emulator()
+    running = emulator.add_task(Timeline([(0, "queued"), (60, "completed")]))
+    failed = emulator.add_task(Timeline.failed(queued=0, processing=0))
+    async with api(emulator) as (client, _):
+        with pytest.raises(ResultNotReadyError, match="queued") as not_ready:
+            await client.download(running, tmp_path)
+        with pytest.raises(TaskFailedError):
+            await client.download(failed, tmp_path)
+    assert not_ready.value.task.id == running
+    assert list(tmp_path.iterdir()) == []
+    assert files(emulator) == []
+
+
+async def test_an_existing_file_is_kept_unless_overwrite(tmp_path: Path) -> None:
+    """An existing destination raises before any download; ``overwrite=True`` replaces it."""
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"precious")
+    async with api(emulator) as (client, _):
+        with pytest.raises(FileExistsError, match="overwrite=True") as exists:
+            await client.download(task_id, target)
+        assert exists.value.filename == str(target)
+        assert target.read_bytes() == b"precious"
+        assert files(emulator) == []
+        await client.download(task_id, target, overwrite=True)
+    assert target.read_bytes() == emulator.video_bytes(task_id)
+
+
+async def test_a_missing_parent_directory_is_refused(tmp_path: Path) -> None:
+    """``dest`` in a directory that does not exist fails before the download, naming it."""
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    async with api(emulator) as (client, _):
+        with pytest.raises(FileNotFoundError, match="nowhere"):
+            await client.download(task_id, tmp_path / "nowhere" / "out.mp4")
+    assert files(emulator) == []
+
+
+# -- the key stays with the API
+
+
+async def test_the_key_never_reaches_the_storage_hosts(tmp_path: Path) -> None:
+    """Result files on another host, which redirects to a third: neither sees the key,
+    whether the client owns its connection pool or was given one with the key in its headers."""
+    storage = Emulator(timeline=DONE)
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    storage.add_task(task_id=task_id)
+    async with (
+        EmulatorServer(storage) as final,
+        EmulatorServer(emulator) as first_hop,
+        api(emulator) as (client, _),
+        httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as http,
+        AsyncVSRClient(KEY, base_url=client.base_url, http_client=http) as shared,
+    ):
+        emulator.files_origin = first_hop.url
+        emulator.files_redirect = final.url
+        await client.download(task_id, tmp_path / "a.mp4")
+        await shared.download(task_id, tmp_path / "b.mp4")
+    queries = [r for r in emulator.requests if r.task_id]
+    assert {r.authorization for r in queries} == {f"Bearer {KEY}"}
+    redirected = files(emulator)
+    assert [r.status_code for r in redirected] == [302, 302]
+    assert [r.status_code for r in files(storage)] == [200, 200]
+    for request in redirected + files(storage):
+        assert request.authorization is None
+        assert KEY not in str(request.headers)
+    assert (tmp_path / "b.mp4").read_bytes() == storage.video_bytes(task_id)
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/x.mp4", "data:video/mp4;base64,AAAA"]
+)
+async def test_only_http_result_urls_are_fetched(tmp_path: Path, url: str) -> None:
+    """A result URL that is not http(s) is refused before any request."""
+    async with AsyncVSRClient(KEY, base_url="http://127.0.0.1:9") as client:
+        with pytest.raises(ValueError, match="http"):
+            await client.download(url, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def redirecting_to(location: Callable[[int], str]) -> Callable[[Scope, Receive, Send], Any]:
+    """An ASGI app answering its n-th request with a 302 to ``location(n)``."""
+    count = 0
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal count
+        count += 1
+        headers = [(b"location", location(count).encode()), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 302, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    wrapped = asgi(app)
+    wrapped.count = lambda: count  # type: ignore[attr-defined]
+    return wrapped
+
+
+async def test_a_result_url_from_the_server_is_checked(tmp_path: Path) -> None:
+    """A completed task whose ``video_url`` is not http(s) is a `DownloadError`, not a fetch."""
+    task = Task(id="task_1", status="completed", video_url="file:///etc/passwd")
+    async with AsyncVSRClient(KEY, base_url="http://127.0.0.1:9") as client:
+        with pytest.raises(DownloadError, match="refuse"):
+            await client.download(task, tmp_path)
+
+
+async def test_redirects_are_checked_and_bounded(tmp_path: Path) -> None:
+    """A redirect to ``file:`` is refused; an endless chain stops after `MAX_REDIRECTS`."""
+    to_file = redirecting_to(lambda _: "file:///etc/passwd")
+    endless = redirecting_to(lambda n: f"/loop/{n}.mp4")
+    async with (
+        EmulatorServer(to_file) as refused,  # type: ignore[arg-type]
+        EmulatorServer(endless) as looping,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=refused.url) as client,
+    ):
+        with pytest.raises(DownloadError, match="refused URL"):
+            await client.download(f"{refused.url}/x.mp4", tmp_path)
+        with pytest.raises(DownloadError, match=f"more than {MAX_REDIRECTS}"):
+            await client.download(f"{looping.url}/x.mp4", tmp_path)
+    assert endless.count() == MAX_REDIRECTS + 1  # type: ignore[attr-defined]
+    assert not any(p.name.endswith(".mp4") for p in tmp_path.iterdir())
+
+
+# -- file names
+
+
+@given(
+    task_id=st.text(min_size=1, max_size=600),
+    path=st.text(alphabet=string.printable + "é☃\x00", max_size=300),
+)
+def test_made_up_names_stay_inside_the_directory(task_id: str, path: str) -> None:
+    """Whatever the ID or the URL's path, the file lands directly in ``dest``, with a short
+    visible name of safe characters."""
+    dest = Path.cwd()
+    url = "https://cdn.example/" + quote(path, safe="/")
+    for name_from in (task_id, None):
+        made = destination(dest, name_from, url)
+        assert made.parent == dest
+        assert 0 < len(made.name) <= MAX_NAME_LENGTH
+        assert not made.name.startswith(".")
+        assert set(made.name) <= set(string.ascii_letters + string.digits + "._-")
+
+
+def digest(original: str) -> str:
+    return hashlib.sha256(original.encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize(
+    ("task_id", "url", "name"),
+    [
+        ("task_1", "https://cdn.example/out/video.MOV?sig=1", "task_1.mov"),
+        ("task_1", "https://cdn.example/out/video", "task_1.mp4"),
+        ("task 2", "https://cdn.example/x.mp4", f"task_2-{digest('task 2')}.mp4"),
+        ("task_2", "https://cdn.example/x.mp4", "task_2.mp4"),
+        (None, "https://cdn.example/a/..%2F..%2Fetc%2Fpasswd", "passwd.mp4"),
+        (None, "https://cdn.example/", f"result-{digest('')}.mp4"),
+        ("..", "https://cdn.example/x.mp4", f"result-{digest('..')}.mp4"),
+        ("a" * 500, "https://cdn.example/x.webm", "a" * 182 + f"-{digest('a' * 500)}.webm"),
+    ],
+)
+def test_names_from_ids_and_urls(task_id: str | None, url: str, name: str) -> None:
+    """The name is the ID (or the URL's last segment) plus the URL's extension, or ``.mp4``;
+    a name that had to change carries a hash of the original."""
+    assert destination(Path.cwd(), task_id, url) == Path.cwd() / name
+
+
+@given(st.lists(st.text(min_size=1, max_size=300), min_size=2, max_size=2, unique=True))
+def test_two_ids_never_share_a_file(ids: list[str]) -> None:
+    """Distinct IDs get distinct names, however much of them had to be replaced."""
+    first, second = (destination(Path.cwd(), i, "https://cdn.example/x.mp4") for i in ids)
+    assert first != second
+
+
+# -- broken transfers
+
+
+async def test_a_cut_transfer_resumes_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a dropped connection, the next request asks for the rest, validated by the ETag;
+    the bytes already on disk are not fetched again."""
+    no_sleep(monkeypatch)
+    emulator = Emulator(timeline=DONE, video_size=SIZE, cut_after=SIZE // 3, cuts=2)
+    task_id = emulator.add_task()
+    async with api(emulator) as (client, _):
+        path = await client.download(task_id, tmp_path)
+    assert path.read_bytes() == emulator.video_bytes(task_id)
+    first, second, third = files(emulator)
+    assert "range" not in first.headers
+    assert second.headers["range"] == f"bytes={SIZE // 3}-"
+    assert third.headers["range"] == f"bytes={2 * (SIZE // 3)}-"
+    assert second.headers["if-range"] == third.headers["if-range"] != ""
+    assert [r.status_code for r in (first, second, third)] == [200, 206, 206]
+
+
+async def test_a_later_call_resumes_the_part_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download that gave up leaves ``.part`` (and no file); the next call continues it."""
+    no_sleep(monkeypatch)
+    emulator = Emulator(timeline=DONE, video_size=SIZE, cut_after=1000, cuts=1)
+    task_id = emulator.add_task()
+    target = tmp_path / "out.mp4"
+    async with (
+        EmulatorServer(scripted([None, 503, 503], emulator)) as storage,  # type: ignore[arg-type]
+        api(emulator, max_retries=1) as (client, _),
+    ):
+        emulator.files_origin = storage.url
+        with pytest.raises(ServerError, match="503"):
+            await client.download(task_id, target)
+        assert not target.exists()
+        assert (tmp_path / "out.mp4.part").stat().st_size == 1000
+        emulator.reset_stats()
+        await client.download(task_id, target)
+    assert target.read_bytes() == emulator.video_bytes(task_id)
+    assert [r.headers.get("range") for r in files(emulator)] == ["bytes=1000-"]
+    assert sorted(tmp_path.iterdir()) == [target]
+
+
+async def test_a_changed_file_starts_over(tmp_path: Path) -> None:
+    """A part fetched under another ETag is discarded when the server sends the whole file."""
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    target = tmp_path / "out.mp4"
+    (tmp_path / "out.mp4.part").write_bytes(b"x" * 5000)
+    (tmp_path / "out.mp4.part.etag").write_text('"an-older-version"')
+    async with api(emulator) as (client, _):
+        await client.download(task_id, target)
+    assert target.read_bytes() == emulator.video_bytes(task_id)
+    (request,) = files(emulator)
+    assert request.headers["if-range"] == '"an-older-version"'
+    assert request.status_code == 200
+
+
+async def test_a_part_without_its_validator_is_not_trusted(tmp_path: Path) -> None:
+    """Bytes whose origin cannot be checked are dropped, not completed with someone else's."""
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    target = tmp_path / "out.mp4"
+    (tmp_path / "out.mp4.part").write_bytes(b"x" * 5000)
+    async with api(emulator) as (client, _):
+        await client.download(task_id, target)
+    assert target.read_bytes() == emulator.video_bytes(task_id)
+    assert "range" not in files(emulator)[0].headers
+
+
+async def test_a_part_already_whole_is_published(tmp_path: Path) -> None:
+    """If the part holds every byte, the server's 416 finishes the download without a body."""
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    async with api(emulator) as (client, _):
+        etag = (await client._http.head((await client.get_task(task_id)).video_url or "")).headers[
+            "etag"
+        ]
+        (tmp_path / "out.mp4.part").write_bytes(emulator.video_bytes(task_id))
+        (tmp_path / "out.mp4.part.etag").write_text(etag)
+        emulator.reset_stats()
+        await client.download(task_id, tmp_path / "out.mp4")
+    assert (tmp_path / "out.mp4").read_bytes() == emulator.video_bytes(task_id)
+    assert [r.status_code for r in files(emulator)] == [416]
+
+
+def short_body(length: int, sent: int) -> Callable[[Scope, Receive, Send], Any]:
+    """An ASGI app announcing ``length`` bytes and closing after ``sent``."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", str(length).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"v" * sent, "more_body": True})
+        raise RuntimeError("cut")  # hypercorn drops the connection
+
+    return asgi(app)
+
+
+async def test_a_short_body_is_an_error_not_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fewer bytes than ``Content-Length``, every time: an error after the retries, no file."""
+    no_sleep(monkeypatch)
+    async with (
+        EmulatorServer(short_body(1000, 10)) as server,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=server.url, max_retries=2) as client,
+    ):
+        with pytest.raises(APIConnectionError):
+            await client.download(f"{server.url}/x.mp4", tmp_path / "x.mp4")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def scripted(
+    statuses: list[int | None], then: Callable[[Scope, Receive, Send], Any]
+) -> Callable[[Scope, Receive, Send], Any]:
+    """An ASGI app answering its n-th request with ``statuses[n]`` (``None``: pass it to
+    ``then``), and passing every request after the list to ``then``."""
+    script = iter(statuses)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        status = next(script, None) if scope["type"] == "http" else None
+        if status is None:
+            await then(scope, receive, send)
+            return
+        headers = [(b"content-length", b"0"), (b"retry-after", b"0")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def test_transient_storage_errors_are_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """503s from the storage host are retried up to ``max_retries``, then raised."""
+    no_sleep(monkeypatch)
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    async with (
+        EmulatorServer(scripted([503, 503], emulator)) as storage,  # type: ignore[arg-type]
+        api(emulator) as (client, _),
+    ):
+        emulator.files_origin = storage.url
+        await client.download(task_id, tmp_path)
+        emulator.files_origin = None
+    assert (tmp_path / f"{task_id}.mp4").read_bytes() == emulator.video_bytes(task_id)
+    async with (
+        EmulatorServer(scripted([503] * 9, emulator)) as storage,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=storage.url, max_retries=2) as client,
+    ):
+        with pytest.raises(ServerError, match="503"):
+            await client.download(f"{storage.url}/files/{task_id}.mp4", tmp_path / "again.mp4")
+
+
+async def test_an_expired_url_is_fetched_afresh_once(tmp_path: Path) -> None:
+    """A 403 for an expired URL: given an ID or a Task, the task is queried again for a fresh
+    URL; given only the URL, `ResultExpiredError` is raised at once."""
+    now = [0.0]
+    emulator = Emulator(timeline=DONE, result_ttl=60, clock=lambda: now[0])
+    task_id = emulator.add_task()
+    async with api(emulator) as (client, _):
+        task = await client.get_task(task_id)
+        now[0] += 61
+        assert task.video_url is not None
+        with pytest.raises(ResultExpiredError, match="403") as expired:
+            await client.download(task.video_url, tmp_path)
+        assert "?" not in str(expired.value)  # the URL's signature is not repeated
+        emulator.reset_stats()
+        path = await client.download(task, tmp_path)
+    assert path.read_bytes() == emulator.video_bytes(task_id)
+    assert [(r.task_id, r.status_code) for r in emulator.requests] == [
+        (None, 403),
+        (task_id, 200),
+        (None, 200),
+    ]
+
+
+async def test_a_url_expiring_again_is_given_up(tmp_path: Path) -> None:
+    """The fresh URL is tried once: if it is refused too, `ResultExpiredError`."""
+    emulator = Emulator(timeline=DONE, result_ttl=0)
+    task_id = emulator.add_task()
+    async with api(emulator) as (client, _):
+        with pytest.raises(ResultExpiredError):
+            await client.download(task_id, tmp_path)
+    assert [r.status_code for r in files(emulator)] == [403, 403]
+
+
+# -- cancellation and concurrency
+
+
+def stalling(sent: int) -> Callable[[Scope, Receive, Send], Any]:
+    """An ASGI app sending ``sent`` of 10 MB, then nothing more until the client gives up."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", b"10000000"), (b"etag", b'"v1"')]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"v" * sent, "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return asgi(app)
+
+
+async def test_cancelling_keeps_what_arrived_and_nothing_else(tmp_path: Path) -> None:
+    """A cancelled download leaves no file, but a part with every byte received, and refuses
+    a second download into the same file while it runs."""
+    received = anyio.Event()
+    target = tmp_path / "out.mp4"
+
+    def progress(done: int, _: int | None) -> None:
+        if done == 12345:
+            received.set()
+
+    async with (
+        EmulatorServer(stalling(12345)) as server,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=server.url) as client,
+        anyio.create_task_group() as task_group,
+    ):
+        task_group.start_soon(
+            functools.partial(client.download, progress=progress), f"{server.url}/x.mp4", target
+        )
+        await received.wait()
+        with pytest.raises(RuntimeError, match="already being downloaded"):
+            await client.download(f"{server.url}/x.mp4", target)
+        task_group.cancel_scope.cancel()
+    assert not target.exists()
+    assert (tmp_path / "out.mp4.part").read_bytes() == b"v" * 12345
+    assert (tmp_path / "out.mp4.part.etag").read_text() == '"v1"'
+
+
+async def test_a_closed_client_refuses(tmp_path: Path) -> None:
+    """``download`` on a closed client is misuse, raised before anything is written."""
+    client = AsyncVSRClient(KEY, base_url="http://127.0.0.1:9")
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.download("https://cdn.example/x.mp4", tmp_path)
+
+
+async def test_the_wrong_kind_of_source_is_a_type_error(tmp_path: Path) -> None:
+    """A source that is neither a Task nor a string says what was expected."""
+    async with AsyncVSRClient(KEY, base_url="http://127.0.0.1:9") as client:
+        with pytest.raises(TypeError, match="Task, a task ID or a URL"):
+            await client.download(42, tmp_path)  # type: ignore[arg-type]

@@ -1,0 +1,355 @@
+"""Saving a result video: streamed, atomic, resumable, and never with the API key attached.
+
+A download writes ``<dest>.part`` beside the destination, and ``<dest>.part.etag`` with the
+validator it was fetched under; it fsyncs and renames the part into place at the end, so the
+destination is either absent or complete. A later call finding the part resumes it with
+``Range`` and ``If-Range``: the server sends the rest only if the file is still the same.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import unquote
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from ._config import DOWNLOAD_BUFFER, MAX_NAME_LENGTH, MAX_REDIRECTS
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    DownloadError,
+    RateLimitError,
+    ResultExpiredError,
+    ResultNotReadyError,
+    ServerError,
+    TaskFailedError,
+    VSRError,
+    parse_retry_after,
+)
+from ._models import Task, TaskStatus
+from ._retry import is_transient, retry_delay
+from ._validate import check_http_url, check_task_id
+
+if TYPE_CHECKING:
+    from ._client import AsyncVSRClient
+
+#: ``progress(bytes_done, bytes_total)``; the total is ``None`` when the server does not say.
+Progress = Callable[[int, int | None], object]
+
+#: A storage host's answers for a URL that expired or was never valid.
+_EXPIRED = frozenset({403, 404, 410})
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_DEFAULT_EXTENSION = ".mp4"  # the API makes videos
+
+#: Part files being written by this process: two downloads into one file would interleave.
+_active: set[Path] = set()
+
+
+async def download(
+    client: AsyncVSRClient,
+    source: Task | str,
+    dest: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    progress: Progress | None,
+) -> Path:
+    """`AsyncVSRClient.download`, which documents it."""
+    task_id, url = await _resolve(client, source)
+    path = await anyio.to_thread.run_sync(destination, Path(dest), task_id, url)
+    if not overwrite and await anyio.Path(path).exists():
+        raise _exists(path, "pass overwrite=True to replace it")
+    part = path.with_name(path.name + ".part")
+    if part in _active:
+        raise RuntimeError(f"{path} is already being downloaded")
+    _active.add(part)
+    try:
+        await _Transfer(client, task_id, url, part, progress).run()
+        await anyio.to_thread.run_sync(_publish, part, path, overwrite)
+    finally:
+        _active.discard(part)
+    return path
+
+
+async def _resolve(client: AsyncVSRClient, source: Task | str) -> tuple[str | None, str]:
+    """The task ID (``None`` for a bare URL) and the result URL to fetch."""
+    if isinstance(source, str) and _SCHEME.match(source):
+        return None, str(check_http_url("result URL", source))
+    if isinstance(source, str):
+        source = await client.get_task(check_task_id(source))
+    if not isinstance(source, Task):
+        raise TypeError(f"download() takes a Task, a task ID or a URL, got {type(source).__name__}")
+    return source.id, result_url(source)
+
+
+def result_url(task: Task) -> str:
+    """The task's result URL, or the error saying why it has none."""
+    if task.status is TaskStatus.FAILED:
+        raise TaskFailedError(task)
+    if task.status is not TaskStatus.COMPLETED or task.video_url is None:
+        raise ResultNotReadyError(task)
+    try:
+        return str(check_http_url("video_url", task.video_url))
+    except ValueError as exc:  # the server's doing, not the caller's
+        raise DownloadError(f"task {task.id!r} has a result URL we refuse: {exc}") from None
+
+
+def destination(dest: Path, task_id: str | None, url: str) -> Path:
+    """``dest`` itself, or a safe file name inside ``dest`` when it is a directory.
+
+    The name is the task ID (or the URL's last path segment) with the URL's extension, reduced
+    to ``[A-Za-z0-9._-]``: it cannot climb out of ``dest`` or hide itself. A name that had to
+    be changed ends with a hash of the original, so two IDs never share a file.
+    """
+    if not dest.is_dir():
+        if not dest.parent.is_dir():
+            raise FileNotFoundError(f"cannot save to {dest}: {dest.parent} is not a directory")
+        return dest
+    url_path = PurePosixPath(unquote(httpx.URL(url).path))
+    suffix = url_path.suffix if _EXTENSION.fullmatch(url_path.suffix) else _DEFAULT_EXTENSION
+    original = task_id if task_id is not None else url_path.stem
+    stem = _UNSAFE.sub("_", original).lstrip("._-") or "result"
+    if stem != original or len(stem) + len(suffix) > MAX_NAME_LENGTH:
+        digest = hashlib.sha256(original.encode(errors="surrogatepass")).hexdigest()[:12]
+        stem = f"{stem[: MAX_NAME_LENGTH - len(suffix) - len(digest) - 1]}-{digest}"
+    return dest / (stem + suffix.lower())
+
+
+class _Transfer:
+    """Fetches one URL into a part file, resuming and retrying until it is complete."""
+
+    def __init__(
+        self,
+        client: AsyncVSRClient,
+        task_id: str | None,
+        url: str,
+        part: Path,
+        progress: Progress | None,
+    ) -> None:
+        self.client = client
+        self.task_id = task_id  # set: the task may be queried again for a fresh URL
+        self.url = url
+        self.part = part
+        self.etag_file = part.with_name(part.name + ".etag")
+        self.progress = progress
+        self.done = 0
+        self.total: int | None = None
+        self.encoded = False
+        self.etag: str | None = None
+
+    async def run(self) -> None:
+        self.etag = await anyio.to_thread.run_sync(self._saved_etag)
+        failures = 0
+        while True:
+            before = self.done
+            try:
+                if await self._attempt():
+                    return
+                error: VSRError = DownloadError(
+                    f"{_shown(self.url)} broke off at byte {self.done} of {self.total or '?'}"
+                )
+            except ResultExpiredError:
+                if self.task_id is None:
+                    raise
+                self.url = result_url(await self.client.get_task(self.task_id))
+                self.task_id = None  # once
+                continue
+            except VSRError as exc:
+                if not is_transient(exc):
+                    raise
+                error = exc
+            failures = 0 if self.done > before else failures + 1
+            if failures > self.client.max_retries:
+                raise error
+            await anyio.sleep(retry_delay(error, max(failures - 1, 0)))
+
+    async def _attempt(self) -> bool:
+        """One request; whether the part file now holds the whole result."""
+        async with self.client._limiter:  # noqa: SLF001 - downloads share the pool's slots
+            response = await self._open()
+            try:
+                if response.status_code == 416:
+                    return await self._complete_at(response)
+                if response.status_code not in (200, 206):
+                    raise _status_error(response)
+                await self._start(response)
+                await self._receive(response)
+            finally:
+                await response.aclose()
+        return self.total is None or self.done == self.total
+
+    async def _open(self) -> httpx.Response:
+        """Send the GET, following redirects ourselves: each hop is checked, none has the key."""
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            request = self.client._http.build_request(  # noqa: SLF001
+                "GET",
+                url,
+                headers=self._headers(),
+                timeout=self.client._request_timeout,  # noqa: SLF001
+            )
+            request.headers.pop("Authorization", None)  # set on the API client: not for storage
+            try:
+                response = await self.client._http.send(request, stream=True, auth=None)  # noqa: SLF001
+            except httpx.TimeoutException as exc:
+                raise APITimeoutError(f"GET {_shown(url)} timed out") from exc
+            except httpx.TransportError as exc:
+                raise APIConnectionError(f"GET {_shown(url)} failed: {exc!r}") from exc
+            if not response.is_redirect:
+                return response
+            await response.aclose()
+            location = response.headers["location"]
+            try:
+                url = str(check_http_url("redirect", str(response.url.join(location))))
+            except ValueError as exc:
+                raise DownloadError(
+                    f"{_shown(self.url)} redirected to a refused URL: {exc}"
+                ) from None
+        raise DownloadError(f"{_shown(self.url)} redirected more than {MAX_REDIRECTS} times")
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+        if self.done:
+            headers["Range"] = f"bytes={self.done}-"
+            if self.etag:
+                headers["If-Range"] = self.etag
+        return headers
+
+    async def _complete_at(self, response: httpx.Response) -> bool:
+        """Whether a 416 says the part already holds the whole file; if not, start over."""
+        total = response.headers.get("content-range", "").rpartition("/")[2]
+        if self.done and total == str(self.done):
+            self.total = self.done
+            return True
+        await anyio.to_thread.run_sync(self._restart)
+        return False
+
+    async def _start(self, response: httpx.Response) -> None:
+        """Take the answer's size and validator; start over if it is not the rest of our part."""
+        length = response.headers.get("content-length")
+        if response.status_code == 206:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
+            if match is None or int(match[1]) != self.done:
+                raise DownloadError(f"{_shown(self.url)} sent a range we did not ask for")
+            self.total = int(match[3]) if match[3] != "*" else None
+        else:
+            await anyio.to_thread.run_sync(self._restart)
+            self.total = int(length) if length and length.isdigit() else None
+        self.encoded = response.headers.get("content-encoding", "identity") != "identity"
+        if self.encoded:
+            self.total = None  # the length is of the encoded bytes
+        etag = response.headers.get("etag")
+        if etag is not None and etag.startswith("W/"):  # weak validators cannot vouch for bytes
+            etag = None
+        if etag != self.etag:
+            self.etag = etag
+            await anyio.to_thread.run_sync(self._save_etag)
+
+    async def _receive(self, response: httpx.Response) -> None:
+        """Append the body to the part, in batches written from a worker thread."""
+        chunks = response.aiter_bytes() if self.encoded else response.aiter_raw()
+        file = await anyio.to_thread.run_sync(open, self.part, "ab")
+        batch: list[bytes] = []
+        try:
+            pending = 0
+            self._report(0)
+            async for chunk in chunks:
+                batch.append(chunk)
+                pending += len(chunk)
+                self._report(pending)
+                if pending >= DOWNLOAD_BUFFER:
+                    full, batch, pending = batch, [], 0
+                    await self._write(file, full)
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(f"GET {_shown(self.url)} stalled") from exc
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"GET {_shown(self.url)} broke off: {exc!r}") from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._write(file, batch)  # keep what arrived, for a resume
+                finally:
+                    await anyio.to_thread.run_sync(file.close)
+
+    async def _write(self, file: BinaryIO, batch: list[bytes]) -> None:
+        if batch:
+            data = b"".join(batch)
+            await anyio.to_thread.run_sync(file.write, data)
+            self.done += len(data)
+
+    def _report(self, pending: int) -> None:
+        """Tell ``progress`` of the bytes received: on disk, and waiting to be written."""
+        if self.progress is not None:
+            self.progress(self.done + pending, self.total)
+
+    def _restart(self) -> None:
+        self.done = 0
+        self.part.unlink(missing_ok=True)
+
+    def _save_etag(self) -> None:
+        if self.etag is None:
+            self.etag_file.unlink(missing_ok=True)
+        else:
+            self.etag_file.write_text(self.etag)
+
+    def _saved_etag(self) -> str | None:
+        """The validator of a part left by an earlier call; without one, the part is dropped."""
+        try:
+            etag = self.etag_file.read_text().strip()
+            self.done = self.part.stat().st_size
+        except FileNotFoundError:
+            self._restart()
+            self.etag_file.unlink(missing_ok=True)
+            return None
+        return etag or None
+
+
+def _publish(part: Path, path: Path, overwrite: bool) -> None:
+    """fsync the part, then rename it into place (refusing to replace a file that appeared)."""
+    with part.open("rb+") as file:
+        os.fsync(file.fileno())
+    if not overwrite and path.exists():
+        raise _exists(path, f"it appeared during the download; the result is in {part}")
+    part.replace(path)
+    part.with_name(part.name + ".etag").unlink(missing_ok=True)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _exists(path: Path, advice: str) -> FileExistsError:
+    """A `FileExistsError` with ``filename`` set, as the OS would raise it."""
+    return FileExistsError(errno.EEXIST, f"{path} exists; {advice}", str(path))
+
+
+def _status_error(response: httpx.Response) -> VSRError:
+    code, url = response.status_code, _shown(str(response.url))
+    if code in _EXPIRED:
+        return ResultExpiredError(url, code)
+    error_class = ServerError if code >= 500 else RateLimitError if code == 429 else APIStatusError
+    return error_class(
+        response.reason_phrase or "error",
+        status_code=code,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        method="GET",
+        url=url,
+    )
+
+
+def _shown(url: str) -> str:
+    """A result URL without its query: signed URLs carry their signature there."""
+    return url.partition("?")[0]
