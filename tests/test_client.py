@@ -397,7 +397,7 @@ async def test_create_task_request(model: Model | str, wire: str) -> None:
 
 async def test_task_id_is_percent_encoded_as_one_segment() -> None:
     """Spaces, ?, #, % and non-ASCII in an ID stay inside one path segment."""
-    script = Script()
+    script = Script(reply(200, {"id": "a b?#%é", "status": "processing"}))
     await make_client(script).get_task("a b?#%é")
     request = script.requests[0]
     assert request.url.raw_path == b"/kyyReactApiServer/v1/result/a%20b%3F%23%25%C3%A9"
@@ -408,9 +408,19 @@ async def test_task_id_is_percent_encoded_as_one_segment() -> None:
 
 async def test_longest_valid_id_is_sent() -> None:
     """An ID of exactly 512 characters is still accepted."""
-    script = Script()
+    script = Script(reply(200, {"id": "x" * 512, "status": "processing"}))
     await make_client(script).get_task("x" * 512)
     assert script.requests[0].url.path.endswith("/" + "x" * 512)
+
+
+async def test_an_answer_about_another_task_is_refused() -> None:
+    """An answer whose ``id`` is not the task asked for (a proxy's cache, a mix-up) is not
+    taken as that task's state."""
+    script = Script(task_reply("processing", id="task-2"))
+    with pytest.raises(
+        ResponseValidationError, match="'task-1', the answer is about task 'task-2'"
+    ):
+        await make_client(script, max_retries=0).get_task("task-1")
 
 
 async def test_timeout_through_a_callers_http_client() -> None:

@@ -5,6 +5,7 @@ drive the client's real calls through `httpx.MockTransport`."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gzip
 import json
 import math
@@ -58,6 +59,10 @@ Headers = list[tuple[bytes, bytes]]
 # Tiny servers.
 
 
+#: The path of the request an `App` handler is answering.
+PATH: contextvars.ContextVar[str] = contextvars.ContextVar("PATH")
+
+
 class App:
     """An ASGI app answering every request with ``handler(send, n)`` (``n`` counts requests
     from 1); it notices when the client hangs up before the answer is complete."""
@@ -75,6 +80,7 @@ class App:
             await send({"type": "lifespan.shutdown.complete"})
             return
         self.requests += 1
+        PATH.set(scope["path"])
 
         async def counting_send(message: Message) -> None:
             self.sent += len(message.get("body", b""))
@@ -297,7 +303,8 @@ async def test_watch_outlasts_trickling_polls(fast_backoff: None) -> None:
         if n <= len(ids):
             await trickle(send)
         else:
-            await answer(send, content=b'{"id": "x", "status": "completed"}')
+            task_id = PATH.get().rpartition("/")[2]
+            await answer(send, content=json.dumps({"id": task_id, "status": "completed"}).encode())
 
     app = App(handler)
     async with serving(app, timeout=SHORT) as client:

@@ -872,3 +872,39 @@ async def test_polls_that_keep_failing_are_logged_once(
     assert len(warnings) == 1
     assert "polls keep failing" in warnings[0].getMessage()
     assert len(debug) >= 3
+
+
+async def test_an_answer_about_another_task_counts_as_unreadable() -> None:
+    """A poll answered with another task's state (a proxy's cache, a mix-up) is not taken as
+    this task's: it counts as an unreadable answer, and the task is given up at the third."""
+    emulator = Emulator(timeline=Timeline.completed(queued=0, processing=0))
+    mixed, right = emulator.add_task(), emulator.add_task()
+    other = json_answer(200, {"id": right, "status": "completed", "video_url": "http://x/y"})
+    proxy = Proxy(emulator, lambda task_id, _: other if task_id == mixed else None)
+    async with serve(proxy) as client, client.watch([mixed, right], interval=0.01) as watcher:
+        finals = {t.task_id: t async for t in watcher if t.is_final}
+    assert isinstance(finals[mixed].error, ResponseValidationError)
+    assert "about task" in str(finals[mixed].error)
+    assert finals[right].error is None
+    assert len(proxy.statuses(mixed)) == MAX_MALFORMED
+
+
+async def test_failing_polls_warn_at_most_once_a_minute(
+    fast_backoff: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Polls failing in runs, with good answers in between, give one warning, not one per run:
+    a long watch through a bad spell keeps its log readable."""
+    emulator = Emulator(timeline=Timeline([(0, "processing")]))
+    ids = [emulator.add_task() for _ in range(3)]
+    busy = json_answer(503, {"message": "busy"})
+    proxy = Proxy(emulator, lambda _task_id, n: None if n % 10 == 0 else busy)
+    caplog.set_level(logging.WARNING, logger="vsr_async")
+    async with serve(proxy) as client:
+        with anyio.move_on_after(1.5):
+            async with client.watch(ids, interval=0.01) as watcher:
+                async for _ in watcher:
+                    pass
+    assert sum(s.status_code == 200 for s in proxy.seen) >= 3  # the runs were broken up
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "polls keep failing" in warnings[0]

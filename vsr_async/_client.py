@@ -167,7 +167,9 @@ class AsyncVSRClient:
             VSRError: Any other failure (see the exception tree).
         """
         url = self._task_url(check_task_id(task_id))
-        return self._parse(await self._request("GET", url, retry_if=is_transient))
+        return _same_task(
+            self._parse(await self._request("GET", url, retry_if=is_transient)), task_id
+        )
 
     async def create_task(self, video_url: str, *, model: Model | str) -> Task:
         """Create a task enhancing ``video_url`` with ``model``.
@@ -313,8 +315,8 @@ class AsyncVSRClient:
     def _task_url(self, task_id: str) -> str:
         return f"{self.base_url}/v1/result/{quote(task_id, safe='')}"
 
-    async def _fetch_task(self, url: str) -> Task:
-        return self._parse(await self._send("GET", url))
+    async def _fetch_task(self, task_id: str) -> Task:
+        return _same_task(self._parse(await self._send("GET", self._task_url(task_id))), task_id)
 
     async def _send(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
         self._check_open()
@@ -434,6 +436,14 @@ def _with_content(response: httpx.Response, content: bytes) -> httpx.Response:
         request=response.request,
         extensions=response.extensions,
     )
+
+
+def _same_task(task: Task, task_id: str) -> Task:
+    """``task``, if it is the one asked for: a proxy's cache or a mixed-up answer is not."""
+    if task.id != task_id:
+        reason = f"asked for task {task_id!r}, the answer is about task {task.id!r}"
+        raise ResponseValidationError(reason, snippet="")
+    return task
 
 
 def _never_sent(exc: VSRError) -> bool:

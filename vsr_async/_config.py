@@ -35,9 +35,11 @@ MAX_RETRY_AFTER = 60.0
 #: A watch gives a task up at this many unreadable answers in a row (a proxy's HTML error
 #: page now and then is not the task's fault; an endless stream of them is).
 MAX_MALFORMED = 3
-#: A watch logs a warning (once, until a poll succeeds) when a task's polls fail this often in a
-#: row: a wrong base URL or a dead server should not look like slow tasks.
+#: A watch logs a warning when a task's polls fail this often in a row: a wrong base URL or a
+#: dead server should not look like slow tasks.
 WARN_AFTER_FAILURES = 3
+#: ... and at most once in this many seconds, so a long watch through a bad spell stays readable.
+WARN_EVERY = 60.0
 
 #: How much of an unreadable body an error message quotes.
 SNIPPET_LENGTH = 200

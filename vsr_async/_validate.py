@@ -14,6 +14,7 @@ from ._config import API_KEY_ENV
 from ._models import Model
 
 _MAX_ID_LENGTH = 512
+_MAX_PORT = 65535
 
 
 def check_api_key(api_key: object) -> None:
@@ -86,6 +87,10 @@ def check_http_url(name: str, url: object) -> httpx.URL:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise ValueError(f"{name} {_redacted(url)!r} is not a URL: {exc}") from None
+    if any(char.isspace() for char in url):  # httpx would quietly percent-encode it
+        raise ValueError(f"{name} {_redacted(url)!r} is not a URL: it has whitespace in it")
+    if parsed.port is not None and parsed.port > _MAX_PORT:
+        raise ValueError(f"{name} {_redacted(url)!r} is not a URL: its port is past {_MAX_PORT}")
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"{name} must be an http:// or https:// URL, got {_redacted(url)!r}")
     return parsed

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from ._config import JITTER, MAX_MALFORMED, WARN_AFTER_FAILURES
+from ._config import JITTER, MAX_MALFORMED, WARN_AFTER_FAILURES, WARN_EVERY
 from ._errors import (
     APIStatusError,
     AuthenticationError,
@@ -116,7 +116,7 @@ class Watcher:
         self._order = itertools.count()  # ties in the heap go to the first scheduled
         self._not_before = -math.inf  # the shared pause after a 429
         self._throttled = 0  # consecutive 429s / Retry-Afters, across all tasks
-        self._warned = False  # about failing polls, since the last good one
+        self._warned_at = -math.inf  # when we last warned of polls failing again and again
         self._stopping = False
         self._started = False
         self._undelivered = 0  # transitions sent or being sent, not yet received
@@ -273,7 +273,7 @@ class Watcher:
         self, entry: _Watched, send: MemoryObjectSendStream[Transition | Exception | None]
     ) -> None:
         try:
-            task = await self._client._fetch_task(self._client._task_url(entry.task_id))  # noqa: SLF001
+            task = await self._client._fetch_task(entry.task_id)  # noqa: SLF001
         except (AuthenticationError, PermissionDeniedError):
             raise  # the key is bad for every task: _work ends the whole watch with it
         except VSRError as exc:
@@ -292,7 +292,7 @@ class Watcher:
             return
         previous = _status(entry)
         entry.task, entry.failures, entry.malformed = task, 0, 0
-        self._throttled, self._warned = 0, False
+        self._throttled = 0
         transition = Transition(entry.task_id, previous, task)
         if task.is_terminal:
             await self._end(entry, send, transition)
@@ -314,9 +314,10 @@ class Watcher:
             self._not_before = max(self._not_before, now + pause)
         delay = retry_after if retry_after is not None else backoff_delay(entry.failures)
         entry.failures += 1
-        if entry.failures == WARN_AFTER_FAILURES and not self._warned:
-            # Debug lines are for one failure; a task failing again and again is worth a word.
-            self._warned = True
+        if entry.failures == WARN_AFTER_FAILURES and now >= self._warned_at + WARN_EVERY:
+            # Debug lines are for one failure; a task failing again and again is worth a word
+            # (but not a word per task: a bad server fails them all).
+            self._warned_at = now
             logger.warning("polls keep failing (%s); retrying with backoff", exc)
         # A failed poll never brings the next one closer than the normal interval.
         delay = max(delay, self._interval * random.uniform(1 - JITTER, 1 + JITTER))
