@@ -1,4 +1,5 @@
-"""Shared by the CLI tests: the emulator served from a thread, scripted tasks, result files."""
+"""Shared by the CLI tests: the emulator served from a thread, scripted tasks, result files,
+the CLI as a subprocess."""
 
 from __future__ import annotations
 
@@ -7,16 +8,24 @@ import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import anyio.from_thread
+import attrs
 
 from vsr_async.testing import Emulator, EmulatorServer, Timeline
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
+
+    from anyio.abc import ByteReceiveStream
+
+    from vsr_async.testing import RecordedRequest
 
 KEY = "emulator-key"
 CLI = [sys.executable, "-m", "vsr_async"]
@@ -39,11 +48,16 @@ def serve_in_thread(emulator: Emulator) -> Iterator[str]:
 
 
 def add_tasks(
-    emulator: Emulator, outcomes: str, *, first: float = 0.3, step: float = 0.2
+    emulator: Emulator,
+    outcomes: str,
+    *,
+    first: float = 0.3,
+    step: float = 0.2,
+    prefix: str = "task",
 ) -> list[str]:
     """One task per letter (``c`` completes, ``f`` fails, ``r`` runs forever), ending in turn.
 
-    Task ``i`` ends ``first + i * step`` seconds after now.
+    Task ``i`` ends ``first + i * step`` seconds after now; its ID is ``{prefix}_{i:03d}_{letter}``.
     """
     ids = []
     for index, outcome in enumerate(outcomes):
@@ -54,7 +68,7 @@ def add_tasks(
             timeline = Timeline.failed(queued=ends / 3, processing=ends * 2 / 3, error="Bad input")
         else:
             timeline = Timeline(((0.0, "processing"),))
-        ids.append(emulator.add_task(timeline, task_id=f"task_{index:03d}_{outcome}"))
+        ids.append(emulator.add_task(timeline, task_id=f"{prefix}_{index:03d}_{outcome}"))
     return ids
 
 
@@ -93,5 +107,78 @@ def terminal_counts(path: Path) -> collections.Counter[str]:
     return collections.Counter(
         record["task_id"]
         for record in readable_records(path)
-        if record["status"] in ("completed", "failed")
+        if record.get("status") in ("completed", "failed")
     )
+
+
+class SlowFiles(Emulator):
+    """The emulator, pausing ``pause`` seconds before each block of a result file it sends, so
+    that a download is still running when the test looks (or kills); it counts the file
+    responses in flight."""
+
+    pause = 0.01
+    in_flight = 0
+    most_in_flight = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/files/"):
+            await super().__call__(scope, receive, send)
+            return
+
+        async def slowly(message: Any) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                await anyio.sleep(self.pause)
+            await send(message)
+
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await super().__call__(scope, receive, slowly)
+        finally:
+            self.in_flight -= 1
+
+
+def file_requests(emulator: Emulator, task_id: str) -> list[RecordedRequest]:
+    """The requests for a task's result file."""
+    return [r for r in emulator.requests if r.path == f"/files/{task_id}.mp4"]
+
+
+@attrs.frozen
+class Finished:
+    """How a CLI subprocess ended."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def _drain(stream: ByteReceiveStream | None, into: bytearray) -> None:
+    assert stream is not None
+    async for chunk in stream:
+        into.extend(chunk)
+
+
+async def run_cli(
+    args: Sequence[str],
+    env: dict[str, str],
+    *,
+    until: Callable[[], bool] | None = None,
+    then: signal.Signals = signal.SIGINT,
+    within: float = 30,
+) -> Finished:
+    """Run the CLI to its end; if ``until`` is given, send ``then`` once it is true."""
+    out, err = bytearray(), bytearray()
+    with anyio.fail_after(within):
+        async with (
+            await anyio.open_process([*CLI, *args], env=env, stdin=subprocess.DEVNULL) as process,
+            anyio.create_task_group() as task_group,
+        ):
+            task_group.start_soon(_drain, process.stdout, out)
+            task_group.start_soon(_drain, process.stderr, err)
+            if until is not None:
+                while not until():
+                    assert process.returncode is None, f"ended first:\n{out.decode()}"
+                    await anyio.sleep(0.02)
+                process.send_signal(then)
+            returncode = await process.wait()
+    return Finished(returncode, out.decode(), err.decode())

@@ -1,4 +1,4 @@
-"""The ``vsr-async`` commands: status, create, watch, emulator, demo."""
+"""The ``vsr-async`` commands: status, create, watch, download, emulator, demo."""
 
 from __future__ import annotations
 
@@ -16,29 +16,35 @@ from vsr_async.testing import Emulator, Faults
 
 from ._demo import run_demo
 from ._display import CreatedIds, make_display, use_live_display
+from ._download import make_printer
 from ._ids import check_video_url
 from ._jsonl import ResultsFile, ResultsFileError
 from ._options import (
+    DEFAULT_DOWNLOAD_CONCURRENCY,
     EXIT_CODES,
     ConfigError,
     api_options,
     backend_option,
     collect,
     concurrency_option,
+    download_options,
     exits,
     from_file_option,
     make_client,
+    make_directory,
     pace_options,
     plain_option,
     run,
 )
-from ._run import Pace, query_all, run_batch
+from ._run import Pace, download_all, query_all, run_batch
 from ._serve import serve
 from ._status import StatusPrinter
-from ._tally import Tally
+from ._tally import Saving, Tally
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from vsr_async import AsyncVSRClient
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 MODELS = ", ".join(model.value for model in Model)
@@ -49,7 +55,8 @@ MODELS = ", ".join(model.value for model in Model)
 @click.option("-v", "--verbose", is_flag=True, help="Log every retry and slow-down on stderr.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
-    """Create, watch and query video super-resolution tasks, thousands at a time.
+    """Create, watch and query video super-resolution tasks, thousands at a time, and download
+    their results.
 
     The API key comes from VSR_API_KEY, the server from VSR_BASE_URL (default: the
     provider's). Try `vsr-async demo`: it needs neither.
@@ -98,6 +105,7 @@ def status(
     "when a task ends. Run the same command again to resume: tasks FILE holds as ended are "
     "skipped. With no IDs, watch those FILE holds as unfinished.",
 )
+@download_options
 @pace_options
 @api_options
 @exits
@@ -106,6 +114,8 @@ def watch(
     task_ids: tuple[str, ...],
     files: tuple[IO[str], ...],
     jsonl: Path | None,
+    download: Path | None,
+    download_concurrency: int,
     interval: float,
     timeout: float | None,
     concurrency: int,
@@ -125,28 +135,32 @@ def watch(
         raise click.UsageError(
             f"no task IDs: give some, or a --jsonl file that has some ({jsonl} does not exist)"
         )
-    client = make_client(api_key, base_url, concurrency)
+    client = _client(api_key, base_url, concurrency, download, download_concurrency)
     results = _open_results(jsonl)
     try:
         if results is not None and resume_only:
             ids = list(results.task_ids)
             if not ids:
                 raise click.UsageError("no task IDs: give some, or a --jsonl file that has some")
-        tally = Tally()
-        for task_id in ids:
-            record = None if results is None else results.finished.get(task_id)
-            if record is None:
-                tally.expect(task_id)
-            else:
-                tally.resume(task_id, record)
+        tally, to_download = _resume(ids, results, download)
         title = f"Watching {len(ids)} tasks at {client.base_url}"
         display = make_display(tally, plain=plain, title=title)
         if tally.resumed:
             display.note(f"{tally.resumed} tasks already ended in {jsonl}: not watched again.")
+        if to_download:
+            display.note(f"{len(to_download)} of them completed without a download: downloading.")
         pace = Pace(interval=interval, timeout=timeout, concurrency=concurrency)
         to_watch = [task_id for task_id in ids if task_id not in tally.outcomes]
         batch = functools.partial(
-            run_batch, client, tally, display, pace=pace, ids=to_watch, results=results
+            run_batch,
+            client,
+            tally,
+            display,
+            pace=pace,
+            ids=to_watch,
+            results=results,
+            to_download=to_download,
+            download_concurrency=download_concurrency,
         )
         return _run_batch(backend, batch, tally, results, resume="run the same command again")
     finally:
@@ -166,6 +180,7 @@ def watch(
     help="Append each new task, and with --watch each transition, to FILE as a JSON line. "
     "`vsr-async watch --jsonl FILE` later watches the unfinished ones.",
 )
+@download_options
 @pace_options
 @api_options
 @exits
@@ -176,6 +191,8 @@ def create(
     files: tuple[IO[str], ...],
     then_watch: bool,
     jsonl: Path | None,
+    download: Path | None,
+    download_concurrency: int,
     interval: float,
     timeout: float | None,
     concurrency: int,
@@ -188,6 +205,8 @@ def create(
 
     Each create is billed and never retried once sent, so a rerun creates them all again.
     """
+    if download is not None and not then_watch:
+        raise click.UsageError("--download needs --watch: results come as tasks complete")
     urls = collect(video_urls, files, check_video_url, what="video URLs")
     try:
         check_model(model)
@@ -195,10 +214,10 @@ def create(
         raise click.BadParameter(str(exc), param_hint="'--model'") from None
     if model not in {known.value for known in Model}:
         click.echo(f"Warning: {model!r} is not a model this version knows; trying it.", err=True)
-    client = make_client(api_key, base_url, concurrency)
+    client = _client(api_key, base_url, concurrency, download, download_concurrency)
     results = _open_results(jsonl)
     try:
-        tally = Tally()
+        tally = Tally(saving=None if download is None else Saving(download))
         if then_watch:
             title = f"Creating and watching {len(urls)} tasks at {client.base_url}"
             display = make_display(tally, plain=plain, title=title)
@@ -215,12 +234,84 @@ def create(
             creates=creates,
             watch=then_watch,
             results=results,
+            download_concurrency=download_concurrency,
         )
         resume = f"vsr-async watch --jsonl {jsonl}"
+        if download is not None:
+            resume += f" --download {download}"
         return _run_batch(backend, batch, tally, results, resume=resume, watched=then_watch)
     finally:
         if results is not None:
             results.close()
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("task_ids", nargs=-1, metavar="[ID|-]...")
+@from_file_option
+@click.option(
+    "-o",
+    "--output",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Save the results here (created if missing), each named after its task: ID.mp4.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Download again a file already there, instead of skipping it."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=DEFAULT_DOWNLOAD_CONCURRENCY,
+    show_default=True,
+    help="Downloads in flight at once.",
+)
+@plain_option
+@api_options
+@exits
+def download(
+    *,
+    task_ids: tuple[str, ...],
+    files: tuple[IO[str], ...],
+    directory: Path,
+    overwrite: bool,
+    concurrency: int,
+    plain: bool,
+    api_key: str | None,
+    base_url: str | None,
+    backend: str,
+) -> int:
+    """Download the result video of each completed task into DIR, several at once.
+
+    On a terminal: a bar per file (bytes, speed, ETA). Elsewhere (a pipe, CI, NO_COLOR,
+    --plain): a line per task as it ends, `ID<TAB>downloaded<TAB>PATH<TAB>BYTES`, or `exists`
+    for a file already there (skipped, and counted as saved), or `ID<TAB>STATUS<TAB>REASON` when
+    there is no file: failed, not ready, not found, expired or error. A download cut short
+    leaves a .part file that the same command resumes.
+    """
+    ids = collect(task_ids, files, check_task_id, what="task IDs")
+    make_directory(directory)
+    client = make_client(api_key, base_url, concurrency)
+    printer = make_printer(directory, len(ids), plain=plain)
+    outcome = run(
+        backend,
+        functools.partial(
+            download_all,
+            client,
+            ids,
+            directory,
+            overwrite=overwrite,
+            concurrency=concurrency,
+            printer=printer,
+        ),
+    )
+    printer.summary(interrupted=outcome.interrupted)
+    _report_fatal(outcome.fatal)
+    if outcome.interrupted:
+        click.echo("To resume: run the same command again", err=True)
+    return outcome.exit_code()
 
 
 @cli.command()
@@ -314,6 +405,45 @@ def demo(tasks: int, seed: int | None, plain: bool, backend: str) -> int:
 def _need_emulator_extra() -> None:
     if importlib.util.find_spec("hypercorn") is None:
         raise ConfigError("this needs the emulator extra: pip install 'vsr-async[emulator]'")
+
+
+def _client(
+    api_key: str | None,
+    base_url: str | None,
+    concurrency: int,
+    download: Path | None,
+    download_concurrency: int,
+) -> AsyncVSRClient:
+    """The client of a batch, after making the download directory if there is one: downloads
+    get connections of their own, so polls keep theirs."""
+    if download is None:
+        return make_client(api_key, base_url, concurrency)
+    make_directory(download)
+    return make_client(api_key, base_url, concurrency + download_concurrency)
+
+
+def _resume(
+    ids: list[str], results: ResultsFile | None, download: Path | None
+) -> tuple[Tally, list[str]]:
+    """The tally of a batch, with what ``results`` holds as ended, and the completed tasks
+    whose result ``results`` does not hold as downloaded (with ``download``)."""
+    tally = Tally(saving=None if download is None else Saving(download))
+    finished = {} if results is None else results.finished
+    downloaded = {} if results is None else results.downloaded
+    to_download = []
+    for task_id in ids:
+        record = finished.get(task_id)
+        if record is None:
+            tally.expect(task_id)
+            continue
+        tally.resume(task_id, record)
+        if tally.saving is None or record["status"] != "completed":
+            continue
+        if task_id in downloaded:
+            tally.saving.resumed += 1
+        else:
+            to_download.append(task_id)
+    return tally, to_download
 
 
 def _open_results(path: Path | None) -> ResultsFile | None:

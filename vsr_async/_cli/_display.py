@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import click
+from rich import filesize
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import (
@@ -25,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ._tally import GAVE_UP, WAITING, printable
+from ._tally import DOWNLOADED, GAVE_UP, WAITING, printable
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
     from vsr_async import Transition
 
-    from ._tally import Outcome, Tally
+    from ._tally import Outcome, Saved, Saving, Tally
 
 #: Seconds between two frames of the live display.
 REFRESH_INTERVAL = 0.25
@@ -89,6 +90,9 @@ class Display(Protocol):
     def transition(self, transition: Transition) -> None:
         """A watched task changed."""
 
+    def downloaded(self, saved: Saved) -> None:
+        """A download ended (``--download``)."""
+
     def summary(self) -> None:
         """Show how the batch ended."""
 
@@ -122,6 +126,27 @@ def headline(tally: Tally) -> str:
         f"{what} after {tally.elapsed:.1f} s: {len(tally.outcomes)} of {tally.total} tasks "
         f"ended{resumed}: {', '.join(parts) or 'none'}"
     )
+
+
+def describe_saved(saved: Saved, *, human: bool = False) -> str:
+    """A download's end in one line: ``ID  downloaded PATH (N bytes)``, or why not; ``human``
+    sizes in kB, MB, GB."""
+    if saved.ok:
+        how = "downloaded" if saved.status == DOWNLOADED else "exists, skipped:"
+        size = filesize.decimal(saved.size or 0) if human else f"{saved.size} bytes"
+        return f"{saved.task_id}  {how} {printable(saved.path)} ({size})"
+    return f"{saved.task_id}  not downloaded ({saved.status}): {saved.detail}"
+
+
+def download_headline(saving: Saving) -> str:
+    """The summary's line on downloads: how many files are saved, how many failed."""
+    size = sum(saved.size or 0 for saved in saving.saved if saved.status == DOWNLOADED)
+    parts = [f"{len(saving.saved)} saved ({filesize.decimal(size)} downloaded)"]
+    if saving.resumed:
+        parts.append(f"{saving.resumed} in an earlier run")
+    if saving.failures:
+        parts.append(f"{len(saving.failures)} not downloaded")
+    return f"Results in {printable(saving.directory)}: {', '.join(parts)}"
 
 
 def failures(tally: Tally) -> list[Outcome]:
@@ -169,13 +194,22 @@ class PlainDisplay:
         """Print the transition."""
         click.echo(f"{self._stamp()}  {describe(transition)}")
 
+    def downloaded(self, saved: Saved) -> None:
+        """Print where the file is, or why there is none."""
+        click.echo(f"{self._stamp()}  {describe_saved(saved)}")
+
     def summary(self) -> None:
-        """Print the headline, then every failure and failed create, one per line."""
-        click.echo(f"\n{headline(self._tally)}")
-        for outcome in failures(self._tally):
+        """Print the headline, then every failure, failed create and download, one per line."""
+        tally = self._tally
+        click.echo(f"\n{headline(tally)}")
+        if tally.saving is not None:
+            click.echo(download_headline(tally.saving))
+        for outcome in failures(tally):
             click.echo(f"{outcome.status:>9}  {outcome.task_id}  {outcome.detail}")
-        for video_url, reason in self._tally.create_failures:
+        for video_url, reason in tally.create_failures:
             click.echo(f"not created  {video_url}  {reason}")
+        for saved in [] if tally.saving is None else tally.saving.failures:
+            click.echo(f"not downloaded  {saved.task_id}  {saved.status}: {saved.detail}")
 
     def _stamp(self) -> str:
         return f"{self._tally.elapsed:8.2f}s"
@@ -240,16 +274,30 @@ class LiveDisplay:
         line.append(describe(transition), style=STYLES.get(status, ""))
         self._latest.append(line)
 
+    def downloaded(self, saved: Saved) -> None:
+        """Add the download's end to the latest lines."""
+        line = Text(
+            f"{self._tally.elapsed:7.1f}s  ", style="dim", no_wrap=True, overflow="ellipsis"
+        )
+        line.append(describe_saved(saved, human=True), style="blue" if saved.ok else "red")
+        self._latest.append(line)
+
     def summary(self) -> None:
         """Print the headline and a table of the failures (the first `MAX_FAILURES_SHOWN`)."""
         tally = self._tally
         self._console.print()
         self._console.print(Text(headline(tally), style="bold"))
+        if tally.saving is not None:
+            self._console.print(Text(download_headline(tally.saving), style="bold"))
         rows = [
             (outcome.task_id, Text(outcome.status, STYLES.get(outcome.status, "")), outcome.detail)
             for outcome in failures(tally)
         ]
         rows += [(url, Text("not created", "red"), reason) for url, reason in tally.create_failures]
+        rows += [
+            (saved.task_id, Text("not downloaded", "red"), f"{saved.status}: {saved.detail}")
+            for saved in ([] if tally.saving is None else tally.saving.failures)
+        ]
         if rows:
             table = Table("task", "status", "reason", title="Not completed", title_justify="left")
             for row in rows[:MAX_FAILURES_SHOWN]:
@@ -268,7 +316,24 @@ class LiveDisplay:
             counts.append(f"{tally.counts[label]}   ", style="bold")
         title = Text(self._title, style="bold")
         latest = [Text("latest:", style="dim"), *self._latest] if self._latest else []
-        return Group(title, counts, self._progress, *latest)
+        downloads = [] if tally.saving is None else [_download_counts(tally.saving)]
+        return Group(title, counts, self._progress, *downloads, *latest)
+
+
+def _download_counts(saving: Saving) -> Text:
+    """The live display's line on downloads: done, in flight (and their bytes), waiting, failed."""
+    line = Text("downloads  ", style="blue")
+    in_flight = f"{len(saving.active)} ({filesize.decimal(sum(saving.active.values()))})"
+    done = len(saving.saved) + saving.resumed
+    for label, value in (
+        ("saved", str(done)),
+        ("in flight", in_flight),
+        ("waiting", str(saving.waiting)),
+        ("failed", str(len(saving.failures))),
+    ):
+        line.append(f"{label} ", style="blue")
+        line.append(f"{value}   ", style="bold")
+    return line
 
 
 class CreatedIds(PlainDisplay):

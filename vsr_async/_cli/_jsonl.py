@@ -1,8 +1,12 @@
 """Durable results: one JSON line per transition, appended, flushed, and fsynced when final.
 
-A rerun reads the file back to skip the tasks it already holds as ``completed`` or ``failed``.
-A last line torn by a crash is cut off; any other line that is not one of our records makes
-the file refused, so a wrong path never gets written to (or cut).
+With ``--download``, one line per finished download too, fsynced: ``"event": "downloaded"`` with
+the file's absolute ``path`` and its ``bytes``, or ``"event": "download_failed"`` with the
+``error`` (transitions have no ``event``).
+
+A rerun reads the file back to skip the tasks it already holds as ``completed`` or ``failed``,
+and the downloads it holds as done. A last line torn by a crash is cut off; any other line that
+is not one of our records makes the file refused, so a wrong path never gets written to (or cut).
 """
 
 from __future__ import annotations
@@ -20,8 +24,13 @@ if TYPE_CHECKING:
 
     from vsr_async import Task, Transition, VSRError
 
+    from ._tally import Saved
+
 #: Statuses after which a task never changes: a rerun skips tasks recorded with one.
 TERMINAL = frozenset({"completed", "failed"})
+#: The ``event`` of a download record.
+DOWNLOADED_EVENT = "downloaded"
+DOWNLOAD_FAILED_EVENT = "download_failed"
 #: How every record we write starts, which tells a torn record from someone else's file.
 _RECORD_START = b'{"task_id": '
 
@@ -57,7 +66,19 @@ def transition_record(transition: Transition) -> dict[str, Any]:
         "previous": None if previous is None else str(previous),
         **task_fields(transition.task),
         "client_error": _describe(transition.error),
-        "observed_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "observed_at": _now(),
+    }
+
+
+def download_record(saved: Saved) -> dict[str, Any]:
+    """The line saying how a task's download ended: its file, or why there is none."""
+    return {
+        "task_id": saved.task_id,
+        "event": DOWNLOADED_EVENT if saved.ok else DOWNLOAD_FAILED_EVENT,
+        "path": None if saved.path is None else str(saved.path.absolute()),
+        "bytes": saved.size,
+        "error": None if saved.ok else f"{saved.status}: {saved.detail}",
+        "observed_at": _now(),
     }
 
 
@@ -76,12 +97,17 @@ def _describe(error: VSRError | None) -> str | None:
     return None if error is None else f"{type(error).__name__}: {error}"
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 class ResultsFile:
     """An append-only JSONL file of transitions. `open` it before use, `close` it after.
 
     Attributes:
         task_ids: Every task the file has a record of, in the order first written.
         finished: The last terminal record of each task the file holds as ended.
+        downloaded: The ``downloaded`` record of each task whose result the file holds as saved.
         cut_torn_line: Whether `open` cut off a last line torn by a crash.
     """
 
@@ -89,6 +115,7 @@ class ResultsFile:
         self.path = path
         self.task_ids: dict[str, None] = {}  # a set that keeps the order
         self.finished: dict[str, dict[str, Any]] = {}
+        self.downloaded: dict[str, dict[str, Any]] = {}
         self.cut_torn_line = False
         self._file: BinaryIO | None = None
 
@@ -164,9 +191,12 @@ class ResultsFile:
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("task_id"), str):
             raise self._not_ours(number)
-        self.task_ids[record["task_id"]] = None
-        if record.get("status") in TERMINAL:
-            self.finished[record["task_id"]] = record
+        task_id = record["task_id"]
+        self.task_ids[task_id] = None
+        if record.get("event") == DOWNLOADED_EVENT:
+            self.downloaded[task_id] = record
+        elif record.get("status") in TERMINAL:
+            self.finished[task_id] = record
 
     def _not_ours(self, number: int) -> ResultsFileError:
         return ResultsFileError(

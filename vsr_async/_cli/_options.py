@@ -7,6 +7,7 @@ import importlib.util
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -25,10 +26,14 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound="Callable[..., Any]")
 T = TypeVar("T")
 
+#: Downloads in flight at once, by default: a few big files, not a flood.
+DEFAULT_DOWNLOAD_CONCURRENCY = 4
+
 EXIT_CODES = """\b
 Exit codes:
-  0    every task completed (or was created, for create without --watch)
-  1    some task failed, was given up, or could not be created or queried
+  0    every task completed (or was created, for create without --watch), and every result
+       to download is saved (or was there already)
+  1    some task failed, was given up, or could not be created, queried or downloaded
   2    usage or configuration error: a bad flag, no API key, an invalid ID
   3    the API refused the key (401 or 403)
   130  interrupted (Ctrl-C)"""
@@ -159,6 +164,34 @@ plain_option = click.option(
     is_flag=True,
     help="One plain line per event, even on a terminal (also with NO_COLOR, or off a terminal).",
 )
+
+
+def download_options(command: F) -> F:
+    """``--download DIR`` and ``--download-concurrency``."""
+    for option in reversed(
+        [
+            click.option(
+                "--download",
+                type=click.Path(file_okay=False, path_type=Path),
+                metavar="DIR",
+                help="Download each result into DIR (created if missing) as soon as its task "
+                "completes, while the others are watched. A file already there is kept; with "
+                "--jsonl, each download is recorded and a rerun finishes the missing ones.",
+            ),
+            click.option(
+                "--download-concurrency",
+                type=click.IntRange(min=1),
+                metavar="N",
+                default=DEFAULT_DOWNLOAD_CONCURRENCY,
+                show_default=True,
+                help="Downloads in flight at once (on top of --concurrency).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 from_file_option = click.option(
     "--from-file",
     "files",
@@ -218,6 +251,14 @@ def collect(
     if collected.duplicates:
         click.echo(f"Note: {collected.duplicates} duplicate {what} taken once.", err=True)
     return items
+
+
+def make_directory(path: Path) -> None:
+    """Create ``path`` (and its parents) if missing, or say why it cannot be used."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {path} as the download directory: {exc.strerror}") from None
 
 
 def _name(source: IO[str]) -> str:

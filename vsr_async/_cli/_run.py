@@ -1,4 +1,5 @@
-"""Running a batch: create, watch and query concurrently, record results, stop cleanly on Ctrl-C."""
+"""Running a batch: create, watch, query and download concurrently, record results, stop cleanly
+on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,24 +12,24 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from vsr_async import AuthenticationError, PermissionDeniedError, Transition, VSRError
+from vsr_async import TaskStatus, Transition, VSRError
 
-from ._jsonl import transition_record
-from ._tally import exit_code
+from ._download import save
+from ._jsonl import download_record, transition_record
+from ._tally import FATAL, exit_code
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from pathlib import Path
 
     from anyio.abc import TaskGroup
 
     from vsr_async import AsyncVSRClient, Model, Task, Watcher
 
     from ._display import Display
+    from ._download import SavedLines
     from ._jsonl import ResultsFile
     from ._tally import Tally
-
-#: A refused key ends the whole batch: every other request would be refused too.
-_FATAL = (AuthenticationError, PermissionDeniedError)
 
 
 @attrs.frozen
@@ -80,19 +81,28 @@ async def run_batch(
     watch: bool = True,
     results: ResultsFile | None = None,
     after_creates: Callable[[], None] | None = None,
+    to_download: Iterable[str] = (),
+    download_concurrency: int = 1,
 ) -> None:
     """Create tasks from ``creates`` and watch them and ``ids`` until all end, or Ctrl-C.
 
     Everything that happens goes to ``tally``, ``display`` and ``results``; a refused key
     stops the batch with ``tally.fatal`` set. ``after_creates`` is called once every create
-    has been answered. The summary is shown last, however the batch ended.
+    has been answered. With ``tally.saving``, each task's result is downloaded as soon as it
+    completes, ``download_concurrency`` at a time, and so are those of ``to_download`` (IDs of
+    tasks that completed earlier). The summary is shown last, however the batch ended.
     """
-    batch = _Batch(client, tally, display, results, pace)
+    slots = anyio.CapacityLimiter(download_concurrency)
+    batch = _Batch(client, tally, display, results, pace, slots)
 
     async def work(task_group: TaskGroup) -> None:
         batch.stop = task_group.cancel_scope
         task_group.start_soon(display.refresh_forever)
-        async with client:
+        async with client, anyio.create_task_group() as downloads:
+            if tally.saving is not None:
+                batch.downloads = downloads
+                for task_id in to_download:
+                    downloads.start_soon(batch.download, task_id)
             if watch:
                 await batch.watch(ids, creates, after_creates)
             else:
@@ -112,9 +122,12 @@ class _Batch:
     display: Display
     results: ResultsFile | None
     pace: Pace
+    download_slots: anyio.CapacityLimiter
     stop: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     #: The status recorded at creation, so the watch's first sighting is not recorded twice.
     created: dict[str, str] = attrs.field(factory=dict)
+    #: Where downloads run, with ``--download``.
+    downloads: TaskGroup | None = None
 
     async def watch(
         self,
@@ -145,12 +158,23 @@ class _Batch:
             try:
                 async for transition in watcher:
                     await self.observe(transition)
-            except _FATAL as exc:
+            except FATAL as exc:
                 self.fail(exc)
 
     async def observe(self, transition: Transition) -> None:
         self.tally.observe(transition)
         self.display.transition(transition)
+        await self.record(transition)
+        task = transition.task
+        if (
+            self.downloads is not None
+            and transition.error is None
+            and task is not None
+            and task.status == TaskStatus.COMPLETED
+        ):
+            self.downloads.start_soon(self.download, task)
+
+    async def record(self, transition: Transition) -> None:
         first_sighting = transition.previous is None
         if first_sighting and self.created.pop(transition.task_id, None) == str(transition.status):
             return  # recorded when created
@@ -172,7 +196,7 @@ class _Batch:
                 with anyio.CancelScope(shield=True):
                     try:
                         task = await self.client.create_task(video_url, model=model)
-                    except _FATAL as exc:
+                    except FATAL as exc:
                         self.fail(exc)
                         return
                     except VSRError as exc:
@@ -196,6 +220,31 @@ class _Batch:
             record = transition_record(Transition(task.id, None, task))
             await self.results.append(record, durable=True)
 
+    async def download(self, source: Task | str) -> None:
+        """Download a task's result once a slot is free; show and durably record how it went."""
+        saving = self.tally.saving
+        assert saving is not None  # noqa: S101 - downloads are started only then
+        task_id = source if isinstance(source, str) else source.id
+
+        def track(done: int, _total: int | None) -> None:
+            saving.active[task_id] = done
+
+        saving.waiting += 1
+        async with self.download_slots:
+            saving.waiting -= 1
+            saving.active[task_id] = 0
+            try:
+                saved = await save(self.client, source, saving.directory, progress=lambda *_: track)
+            except FATAL as exc:
+                self.fail(exc)
+                return
+            finally:
+                del saving.active[task_id]
+        (saving.saved if saved.ok else saving.failures).append(saved)
+        self.display.downloaded(saved)
+        if self.results is not None:
+            await self.results.append(download_record(saved), durable=True)
+
     def fail(self, exc: VSRError) -> None:
         """Stop everything: the key was refused, so every other request would be too."""
         self.tally.fatal = str(exc)
@@ -204,9 +253,9 @@ class _Batch:
 
 @attrs.define
 class Queried:
-    """How a ``status`` run went."""
+    """How a ``status`` or ``download`` run went."""
 
-    failed: int = 0  # failed tasks, and IDs that could not be queried
+    failed: int = 0  # failed tasks, IDs that could not be queried, downloads that failed
     fatal: str | None = None
     interrupted: bool = False
 
@@ -235,7 +284,7 @@ async def query_all(
         for index, task_id in pending:
             try:
                 answers[index] = (await client.get_task(task_id), None)
-            except _FATAL as exc:
+            except FATAL as exc:
                 outcome.fatal = str(exc)
                 stop.cancel()
                 return
@@ -255,4 +304,41 @@ async def query_all(
                 queries.start_soon(query, task_group.cancel_scope)
 
     outcome.interrupted = await run_until_interrupted(work)
+    return outcome
+
+
+async def download_all(
+    client: AsyncVSRClient,
+    ids: Sequence[str],
+    directory: Path,
+    *,
+    overwrite: bool,
+    concurrency: int,
+    printer: SavedLines,
+) -> Queried:
+    """Download each task's result into ``directory``, ``concurrency`` at a time, each shown by
+    ``printer`` as it ends."""
+    outcome = Queried()
+    pending = iter(ids)
+
+    async def download(stop: anyio.CancelScope) -> None:
+        for task_id in pending:
+            try:
+                saved = await save(
+                    client, task_id, directory, overwrite=overwrite, progress=printer.progress
+                )
+            except FATAL as exc:
+                outcome.fatal = str(exc)
+                stop.cancel()
+                return
+            outcome.failed += not saved.ok
+            printer.show(saved)
+
+    async def work(task_group: TaskGroup) -> None:
+        async with client, anyio.create_task_group() as downloads:
+            for _ in range(min(concurrency, len(ids))):
+                downloads.start_soon(download, task_group.cancel_scope)
+
+    with printer:
+        outcome.interrupted = await run_until_interrupted(work)
     return outcome

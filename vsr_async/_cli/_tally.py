@@ -8,7 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from vsr_async import AuthenticationError, PermissionDeniedError
+
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from vsr_async import Transition
 
 EXIT_OK = 0
@@ -16,6 +20,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_INTERRUPTED = 130
+
+#: A refused key ends the whole run (exit 3): every other request would be refused too.
+FATAL = (AuthenticationError, PermissionDeniedError)
 
 WAITING = "waiting"  # not seen yet
 GAVE_UP = "gave up"  # the watch stopped watching it: not found, past --timeout...
@@ -47,6 +54,49 @@ class Outcome:
     detail: str | None
 
 
+#: How a download ended well: saved now, or found already there (and left as it was).
+DOWNLOADED = "downloaded"
+EXISTS = "exists"
+
+
+@attrs.frozen
+class Saved:
+    """How one task's download ended: `DOWNLOADED` or `EXISTS` with the file and its size, or
+    why not (``failed``, ``not ready``, ``not found``, ``expired``, ``error``) and the reason."""
+
+    task_id: str
+    status: str
+    path: Path | None = None
+    size: int | None = None
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file is there, whole."""
+        return self.status in (DOWNLOADED, EXISTS)
+
+
+@attrs.define
+class Saving:
+    """The downloads of a batch (``--download``).
+
+    Attributes:
+        directory: Where the files go.
+        waiting: Completed tasks queued for a download slot.
+        active: Bytes so far of each download in flight.
+        saved: The files saved this run (or found already there).
+        resumed: Files the results file holds as downloaded by an earlier run.
+        failures: The downloads that failed this run.
+    """
+
+    directory: Path
+    waiting: int = 0
+    active: dict[str, int] = attrs.field(factory=dict)
+    saved: list[Saved] = attrs.field(factory=list)
+    resumed: int = 0
+    failures: list[Saved] = attrs.field(factory=list)
+
+
 @attrs.define
 class Tally:
     """Every task of a batch, by its latest status, and how the batch ended.
@@ -58,6 +108,7 @@ class Tally:
         resumed: How many outcomes came from the results file.
         ended: Final transitions seen this run (one per task, if the watch keeps its word).
         create_failures: ``(video_url, reason)`` of each create that failed.
+        saving: The downloads, with ``--download``.
         interrupted: Ctrl-C stopped the batch.
         fatal: Why the whole batch stopped (a refused key), if it did.
     """
@@ -69,6 +120,7 @@ class Tally:
     resumed: int = 0
     ended: int = 0
     create_failures: list[tuple[str, str]] = attrs.field(factory=list)
+    saving: Saving | None = None
     interrupted: bool = False
     fatal: str | None = None
 
@@ -116,13 +168,14 @@ class Tally:
         )
 
     def exit_code(self, *, watched: bool = True) -> int:
-        """130 if interrupted, 3 if the key was refused, 1 if a create failed or (when
-        ``watched``) a task did not complete, else 0."""
+        """130 if interrupted, 3 if the key was refused, 1 if a create or a download failed or
+        (when ``watched``) a task did not complete, else 0."""
         every_one_completed = not watched or (
             len(self.outcomes) == self.total
             and all(outcome.status == "completed" for outcome in self.outcomes.values())
         )
-        failed = bool(self.create_failures) or not every_one_completed
+        download_failed = self.saving is not None and bool(self.saving.failures)
+        failed = bool(self.create_failures) or not every_one_completed or download_failed
         return exit_code(interrupted=self.interrupted, fatal=self.fatal is not None, failed=failed)
 
     def labels(self) -> list[str]:
