@@ -1,5 +1,6 @@
 """Sessions: ``nox`` runs tests on every installed Python from 3.10 to 3.13, lint, typecheck and
-docs; ``nox -s demo`` runs the demo."""
+docs; ``nox -s demo`` runs the demo, ``nox -s chaos`` the chaos suite's large run and
+``nox -s bench`` the benchmarks."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ nox.options.error_on_missing_interpreters = False  # skip Pythons this machine l
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: Where ``nox -s bench`` writes its tables by default: docs/performance.md includes them.
+FIGURES = ["--out", "tests/bench/figures.md"]
 
 
 @nox.session(python=PYTHONS)
@@ -47,3 +50,33 @@ def demo(session: nox.Session) -> None:
     session.install(".[cli,emulator]")
     session.run("vsr-async", "demo", "--seed", "1")
     session.run("vsr-async", "demo", "--seed", "2", "--backend", "trio")
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The chaos suite's large run, 20,000 tasks on asyncio and trio; writes the figures that
+    docs/reliability.md includes (tests/chaos-figures.md)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python",
+        "tests/chaos.py",
+        "--tasks",
+        "20000",
+        "--backend",
+        "asyncio",
+        "--backend",
+        "trio",
+        "--out",
+        "tests/chaos-figures.md",
+        *session.posargs,
+    )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark of tests/bench, each against a baseline measured in the same run; their
+    tables go to tests/bench/figures.md, which docs/performance.md includes. ``-- --out FILE``
+    writes them elsewhere, ``-- --strict`` exits
+    1 on a missed target, ``-- download --reps 15`` runs one with its own options."""
+    session.install("-e", ".", "trio")
+    session.run("python", "-m", "tests.bench", *(session.posargs or FIGURES))

@@ -545,3 +545,91 @@ async def test_the_wrong_kind_of_source_is_a_type_error(tmp_path: Path) -> None:
     async with AsyncVSRClient(KEY, base_url="http://127.0.0.1:9") as client:
         with pytest.raises(TypeError, match="Task, a task ID or a URL"):
             await client.download(42, tmp_path)  # type: ignore[arg-type]
+
+
+def answering(
+    status: int, headers: list[tuple[bytes, bytes]], content: bytes
+) -> Callable[[Scope, Receive, Send], Any]:
+    """An ASGI app giving every request the same answer."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    return asgi(app)
+
+
+@pytest.mark.parametrize(
+    ("headers", "total"),
+    [
+        ([(b"transfer-encoding", b"chunked")], None),
+        ([(b"content-length", b"5"), (b"etag", b'W/"weak"')], 5),
+        ([(b"content-length", b"5"), (b"content-encoding", b"identity")], 5),
+    ],
+    ids=["no-length", "weak-etag", "identity-encoding"],
+)
+async def test_what_the_server_does_not_vouch_for(
+    tmp_path: Path, headers: list[tuple[bytes, bytes]], total: int | None
+) -> None:
+    """Without a length the total is reported as unknown; a weak ETag is not kept as a
+    validator (it cannot vouch for bytes)."""
+    seen: list[tuple[int, int | None]] = []
+    async with (
+        EmulatorServer(answering(200, headers, b"video")) as server,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=server.url) as client,
+    ):
+        url = f"{server.url}/x.mp4"
+        path = await client.download(url, tmp_path, progress=lambda *a: seen.append(a))
+    assert path.read_bytes() == b"video"
+    assert seen[-1] == (5, total)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.mp4"]
+
+
+async def test_a_range_we_did_not_ask_for_is_refused(tmp_path: Path) -> None:
+    """A 206 starting elsewhere than the bytes on disk would splice two files: refused."""
+    (tmp_path / "x.mp4.part").write_bytes(b"v" * 10)
+    (tmp_path / "x.mp4.part.etag").write_text('"v1"')
+    headers = [(b"content-range", b"bytes 0-4/15"), (b"content-length", b"5")]
+    async with (
+        EmulatorServer(answering(206, headers, b"video")) as server,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=server.url) as client,
+    ):
+        with pytest.raises(DownloadError, match="range we did not ask for"):
+            await client.download(f"{server.url}/x.mp4", tmp_path)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+async def test_a_416_for_a_part_that_is_not_whole_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part longer than the file (it changed without its ETag) is dropped and fetched anew."""
+    no_sleep(monkeypatch)
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    (tmp_path / "out.mp4.part").write_bytes(b"x" * (emulator.video_size + 10))
+    (tmp_path / "out.mp4.part.etag").write_text(emulator.etag(task_id))
+    async with api(emulator) as (client, _):
+        await client.download(task_id, tmp_path / "out.mp4")
+    assert (tmp_path / "out.mp4").read_bytes() == emulator.video_bytes(task_id)
+    assert [r.status_code for r in files(emulator)] == [416, 200]
+
+
+async def test_an_unreachable_storage_host_is_retried_then_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connection errors are retried ``max_retries`` times, then raised as `APIConnectionError`
+    without the URL's signature."""
+    no_sleep(monkeypatch)
+    attempts: list[httpx.Request] = []
+
+    async def count(request: httpx.Request) -> None:
+        attempts.append(request)
+
+    async with (
+        httpx.AsyncClient(event_hooks={"request": [count]}) as http,
+        AsyncVSRClient(KEY, base_url="http://127.0.0.1:9", http_client=http, max_retries=2) as c,
+    ):
+        with pytest.raises(APIConnectionError, match=r"x\.mp4 failed") as failed:
+            await c.download("http://127.0.0.1:9/x.mp4?sig=secret", tmp_path)
+    assert "secret" not in str(failed.value)
+    assert len(attempts) == 3
