@@ -47,7 +47,10 @@ Progress = Callable[[int, int | None], object]
 
 #: A storage host's answers for a URL that expired or was never valid.
 _EXPIRED = frozenset({403, 404, 410})
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+#: What makes a string a URL rather than a task ID (``job:42`` is an ID).
+_URL = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://|(?:data|file|javascript|mailto|blob):", re.IGNORECASE
+)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -70,7 +73,7 @@ async def download(
     path = await anyio.to_thread.run_sync(destination, Path(dest), task_id, url)
     if not overwrite and await anyio.Path(path).exists():
         raise _exists(path, "pass overwrite=True to replace it")
-    part = path.with_name(path.name + ".part")
+    part = Path(await anyio.Path(path.with_name(path.name + ".part")).absolute())
     if part in _active:
         raise RuntimeError(f"{path} is already being downloaded")
     _active.add(part)
@@ -84,7 +87,7 @@ async def download(
 
 async def _resolve(client: AsyncVSRClient, source: Task | str) -> tuple[str | None, str]:
     """The task ID (``None`` for a bare URL) and the result URL to fetch."""
-    if isinstance(source, str) and _SCHEME.match(source):
+    if isinstance(source, str) and _URL.match(source):
         return None, str(check_http_url("result URL", source))
     if isinstance(source, str):
         source = await client.get_task(check_task_id(source))
@@ -183,7 +186,8 @@ class _Transfer:
                     return await self._complete_at(response)
                 if response.status_code not in (200, 206):
                     raise _status_error(response)
-                await self._start(response)
+                if not await self._start(response):
+                    return False
                 await self._receive(response)
             finally:
                 await response.aclose()
@@ -201,7 +205,9 @@ class _Transfer:
             )
             request.headers.pop("Authorization", None)  # set on the API client: not for storage
             try:
-                response = await self.client._http.send(request, stream=True, auth=None)  # noqa: SLF001
+                response = await self.client._http.send(  # noqa: SLF001
+                    request, stream=True, auth=None, follow_redirects=False
+                )
             except httpx.TimeoutException as exc:
                 raise APITimeoutError(f"GET {_shown(url)} timed out") from exc
             except httpx.TransportError as exc:
@@ -219,11 +225,11 @@ class _Transfer:
         raise DownloadError(f"{_shown(self.url)} redirected more than {MAX_REDIRECTS} times")
 
     def _headers(self) -> dict[str, str]:
+        """Ask for the rest of the part only if a validator vouches for it (else: all of it)."""
         headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
-        if self.done:
+        if self.done and self.etag is not None:
             headers["Range"] = f"bytes={self.done}-"
-            if self.etag:
-                headers["If-Range"] = self.etag
+            headers["If-Range"] = self.etag
         return headers
 
     async def _complete_at(self, response: httpx.Response) -> bool:
@@ -235,42 +241,63 @@ class _Transfer:
         await anyio.to_thread.run_sync(self._restart)
         return False
 
-    async def _start(self, response: httpx.Response) -> None:
-        """Take the answer's size and validator; start over if it is not the rest of our part."""
-        length = response.headers.get("content-length")
+    async def _start(self, response: httpx.Response) -> bool:
+        """Take the answer's size and validator; whether its body can be appended to the part
+        (if not, the part is dropped and the next attempt starts over)."""
+        etag = response.headers.get("etag")
+        if etag is not None and etag.startswith("W/"):  # weak validators cannot vouch for bytes
+            etag = None
+        self.encoded = response.headers.get("content-encoding", "identity") != "identity"
+        if self.encoded:
+            etag = None  # decoded bytes cannot be resumed by a range of encoded ones
         if response.status_code == 206:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
             if match is None or int(match[1]) != self.done:
                 raise DownloadError(f"{_shown(self.url)} sent a range we did not ask for")
+            if etag is None or etag != self.etag:  # a server ignoring If-Range: the file changed
+                await anyio.to_thread.run_sync(self._restart)
+                return False
             self.total = int(match[3]) if match[3] != "*" else None
         else:
             await anyio.to_thread.run_sync(self._restart)
+            length = response.headers.get("content-length")
             self.total = int(length) if length and length.isdigit() else None
-        self.encoded = response.headers.get("content-encoding", "identity") != "identity"
         if self.encoded:
             self.total = None  # the length is of the encoded bytes
-        etag = response.headers.get("etag")
-        if etag is not None and etag.startswith("W/"):  # weak validators cannot vouch for bytes
-            etag = None
         if etag != self.etag:
             self.etag = etag
             await anyio.to_thread.run_sync(self._save_etag)
+        return True
 
     async def _receive(self, response: httpx.Response) -> None:
         """Append the body to the part, in batches written from a worker thread."""
-        chunks = response.aiter_bytes() if self.encoded else response.aiter_raw()
         file = await anyio.to_thread.run_sync(open, self.part, "ab")
         batch: list[bytes] = []
+        failure: Exception | None = None
         try:
             pending = 0
             self._report(0)
-            async for chunk in chunks:
-                batch.append(chunk)
-                pending += len(chunk)
-                self._report(pending)
-                if pending >= DOWNLOAD_BUFFER:
-                    full, batch, pending = batch, [], 0
-                    await self._write(file, full)
+            # Raising out of the loop would leave httpx's nested body iterators suspended, for
+            # the garbage collector (trio warns of each). A failure of ours (a write, the
+            # progress callback) cancels the next read instead, which unwinds them all.
+            with anyio.CancelScope() as stop:
+                async for chunk in response.aiter_bytes() if self.encoded else response.aiter_raw():
+                    if stop.cancel_called:
+                        continue
+                    try:
+                        batch.append(chunk)
+                        pending += len(chunk)
+                        self._report(pending)
+                        if pending >= DOWNLOAD_BUFFER:
+                            full, batch, pending = batch, [], 0
+                            await self._write(file, full)
+                    except Exception as exc:  # noqa: BLE001 - raised below, once unwound
+                        failure = exc
+                        stop.cancel()
+            if failure is not None:
+                raise failure
+        except httpx.DecodingError as exc:
+            raise DownloadError(f"GET {_shown(self.url)}: the body could not be decoded") from exc
         except httpx.TimeoutException as exc:
             raise APITimeoutError(f"GET {_shown(self.url)} stalled") from exc
         except httpx.TransportError as exc:
@@ -300,8 +327,10 @@ class _Transfer:
     def _save_etag(self) -> None:
         if self.etag is None:
             self.etag_file.unlink(missing_ok=True)
-        else:
-            self.etag_file.write_text(self.etag)
+        else:  # never half-written: an empty validator would vouch for nothing
+            temporary = self.etag_file.with_name(self.etag_file.name + ".tmp")
+            temporary.write_text(self.etag)
+            temporary.replace(self.etag_file)
 
     def _saved_etag(self) -> str | None:
         """The validator of a part left by an earlier call; without one, the part is dropped."""
@@ -329,9 +358,16 @@ def _publish(part: Path, path: Path, overwrite: bool) -> None:
     """fsync the part, then rename it into place (refusing to replace a file that appeared)."""
     with part.open("rb+") as file:
         os.fsync(file.fileno())
-    if not overwrite and path.exists():
-        raise _exists(path, f"it appeared during the download; the result is in {part}")
-    part.replace(path)
+    if overwrite:
+        part.replace(path)
+    else:
+        try:
+            os.link(part, path)  # fails, atomically, if a file appeared there meanwhile
+        except FileExistsError:
+            raise _exists(
+                path, f"it appeared during the download; the result is in {part}"
+            ) from None
+        part.unlink()
     part.with_name(part.name + ".etag").unlink(missing_ok=True)
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
         directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
