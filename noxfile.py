@@ -33,7 +33,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[cli,emulator]", "mypy>=1.10", "pytest", "trio")
+    session.install("-e", ".[aiohttp,cli,emulator]", "mypy>=1.10", "pytest", "trio")
     session.run("mypy", "-p", "vsr_async")
 
 
@@ -77,6 +77,7 @@ def bench(session: nox.Session) -> None:
     """Every benchmark of tests/bench, each against a baseline measured in the same run; their
     tables go to tests/bench/figures.md, which docs/performance.md includes. ``-- --out FILE``
     writes them elsewhere, ``-- --strict`` exits
-    1 on a missed target, ``-- download --reps 15`` runs one with its own options."""
-    session.install("-e", ".", "trio")
+    1 on a missed target, ``-- download --reps 15`` runs one with its own options. The fleet
+    benchmark measures ``transport="aiohttp"`` and an aiohttp baseline, hence the extra."""
+    session.install("-e", ".[aiohttp]", "trio", "aiohttp")
     session.run("python", "-m", "tests.bench", *(session.posargs or FIGURES))

@@ -21,7 +21,8 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._models import Model, Task, TaskError, TaskStatus
-from ._watch import Transition, Watcher
+from ._schedule import Schedule, Stretching
+from ._watch import Transition, Watcher, WatchStats
 
 __all__ = [
     "APIConnectionError",
@@ -37,7 +38,9 @@ __all__ = [
     "ResponseValidationError",
     "ResultExpiredError",
     "ResultNotReadyError",
+    "Schedule",
     "ServerError",
+    "Stretching",
     "Task",
     "TaskError",
     "TaskFailedError",
@@ -46,6 +49,7 @@ __all__ = [
     "Transition",
     "VSRError",
     "WaitTimeoutError",
+    "WatchStats",
     "Watcher",
     "__version__",
 ]

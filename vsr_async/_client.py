@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import anyio
 import httpx
+import sniffio
 
 from ._config import (
     API_KEY_ENV,
@@ -20,6 +21,7 @@ from ._config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
+    DEFAULT_TRANSPORT,
     DEFAULT_WAIT_TIMEOUT,
     MAX_RESPONSE_BYTES,
     USER_AGENT,
@@ -36,6 +38,7 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._models import Model, Task, TaskStatus
+from ._rate import RateBudget
 from ._retry import is_transient, retry_delay
 from ._validate import (
     check_api_key,
@@ -53,9 +56,12 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
+    from ._schedule import Schedule
     from ._watch import Transition
 
 logger = logging.getLogger("vsr_async")
+#: Where httpx's ``send()`` logs each request; our own client's polls skip ``send()``.
+_httpx_logger = logging.getLogger("httpx")
 
 #: Errors raised before the request left us: safe to retry even for a billed create.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -85,6 +91,12 @@ class AsyncVSRClient:
         max_connections: Requests in flight at once; the size of the pool we create.
         http_client: An ``httpx.AsyncClient`` to send through; its hooks and settings
             apply, and we never close it.
+        transport: For the client we create: ``"httpx"`` (the default, asyncio and trio) or
+            ``"aiohttp"``, a cheaper transport for asyncio only, from the ``aiohttp`` extra
+            (``pip install 'vsr-async[aiohttp]'``). Not with ``http_client``.
+        rate_limit: Requests per second, shared by everything the client sends (polls,
+            queries, creates, downloads); ``None`` (the default) sets no budget. A 429 halves
+            it for a while (see `current_rate`).
     """
 
     def __init__(
@@ -96,24 +108,40 @@ class AsyncVSRClient:
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         http_client: httpx.AsyncClient | None = None,
+        transport: str = DEFAULT_TRANSPORT,
+        rate_limit: float | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
         check_api_key(api_key)
         self.base_url = check_base_url(base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
         self.max_retries = check_count("max_retries", max_retries, minimum=0)
         self.max_connections = check_count("max_connections", max_connections, minimum=1)
+        self._rate = None if rate_limit is None else RateBudget(rate_limit)
+        self.rate_limit = None if self._rate is None else self._rate.limit
         headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
+        if transport not in ("httpx", "aiohttp"):
+            raise ValueError(f"transport must be 'httpx' or 'aiohttp', not {transport!r}")
+        if transport == "aiohttp" and http_client is not None:
+            raise ValueError("transport='aiohttp' is for the client we create, not http_client=")
+        self._asyncio_only = transport == "aiohttp"  # until checked in an event loop
+        if self._asyncio_only:
+            self._check_asyncio()  # made in one already? (else the first request checks)
         self._owns_http_client = http_client is None
         if http_client is None:
             # Headers and timeout set once on our own client keep them off every request's path.
             limits = httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             )
-            http_client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits)
+            http_client = httpx.AsyncClient(
+                headers=headers,
+                timeout=timeout,
+                limits=limits,
+                transport=_aiohttp_transport(limits) if transport == "aiohttp" else None,
+            )
             self._request_headers: httpx.Headers | None = None
             self._request_timeout: httpx.Timeout | httpx._client.UseClientDefault = (
                 httpx.USE_CLIENT_DEFAULT
@@ -128,12 +156,26 @@ class AsyncVSRClient:
             else:
                 self._request_timeout = timeouts = httpx.Timeout(timeout)
         self._http = http_client
+        # Our own client's API requests go straight to its transport (the one httpx picked for
+        # the base URL: a proxy from the environment still applies), skipping send()'s work.
+        self._transport = (
+            http_client._transport_for_url(httpx.URL(self.base_url))  # noqa: SLF001 (as send)
+            if self._owns_http_client
+            else None
+        )
+        self._timeout_extension = http_client.timeout.as_dict()
         # httpx's read timeout is per read: a server trickling bytes never trips it.
         self._attempt_timeout = _attempt_seconds(timeouts)
         # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
         self._limiter = anyio.CapacityLimiter(max_connections)
         self._closed = False
         self._unknown_statuses: set[str] = set()
+
+    @property
+    def current_rate(self) -> float | None:
+        """The requests per second allowed now: ``rate_limit``, or less after 429s; ``None``
+        without a ``rate_limit``."""
+        return None if self._rate is None else self._rate.current
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -197,7 +239,7 @@ class AsyncVSRClient:
         self,
         task_id: str,
         *,
-        interval: float = DEFAULT_INTERVAL,
+        interval: float | Schedule = DEFAULT_INTERVAL,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,  # noqa: ASYNC109 (a deadline, by design)
         raise_on_failure: bool = True,
     ) -> Task:
@@ -207,7 +249,8 @@ class AsyncVSRClient:
 
         Args:
             task_id: The task to wait for.
-            interval: Seconds between polls (with a little jitter).
+            interval: Seconds between polls (with a little jitter), or a `Schedule` such as
+                `Stretching`.
             timeout: Seconds before giving up (30 minutes by default); ``None`` waits forever.
             raise_on_failure: Raise `TaskFailedError` if the task fails, else return it.
 
@@ -237,7 +280,7 @@ class AsyncVSRClient:
         self,
         task_ids: Iterable[str] = (),
         *,
-        interval: float = DEFAULT_INTERVAL,
+        interval: float | Schedule = DEFAULT_INTERVAL,
         timeout: float | None = None,
         max_concurrency: int | None = None,
         keep_open: bool = False,
@@ -252,7 +295,9 @@ class AsyncVSRClient:
 
         Args:
             task_ids: The tasks to watch; more can come with `Watcher.add`.
-            interval: Seconds between two polls of one task (with a little jitter).
+            interval: Seconds between two polls of one task (with a little jitter), or a
+                `Schedule` that says how long, such as `Stretching` (5 s at first, up to 10 s
+                for a task that keeps one status for long).
             timeout: Seconds after which a task still running is given up (its last
                 transition carries a `WaitTimeoutError`); ``None`` never gives up.
             max_concurrency: Polls in flight at once; at most (and by default)
@@ -320,13 +365,14 @@ class AsyncVSRClient:
 
     async def _send(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
         self._check_open()
-        request = self._http.build_request(
-            method, url, headers=self._request_headers, json=json, timeout=self._request_timeout
-        )
+        request = self._build_request(method, url, json)
         try:
             async with self._limiter:
+                # The token after the slot: a token kept while waiting for a slot would let
+                # requests bunch up behind a busy pool and leave together, over the budget.
+                sent_at = None if self._rate is None else await self._rate.acquire()
                 with anyio.fail_after(self._attempt_timeout):
-                    response = await self._http.send(request, stream=True)
+                    response = await self._transmit(request)
                     try:
                         content, whole = await _read_bounded(response)
                     finally:
@@ -350,8 +396,40 @@ class AsyncVSRClient:
                 raise ResponseValidationError.from_body(reason, content)
             content = b""  # the status is the error; a body that size would say nothing more
         response = _with_content(response, content)
+        if self._rate is not None and sent_at is not None:
+            self._rate.answered(sent_at, response.status_code, response.headers.get("retry-after"))
         if not response.is_success:
             raise APIStatusError.from_response(response)
+        return response
+
+    def _build_request(self, method: str, url: str, json: Any) -> httpx.Request:
+        if self._transport is None:  # the caller's client merges in its own settings
+            return self._http.build_request(
+                method, url, headers=self._request_headers, json=json, timeout=self._request_timeout
+            )
+        # Ours holds only our headers and timeout: nothing to merge (and no cookies are kept).
+        extensions = {"timeout": self._timeout_extension}
+        return httpx.Request(
+            method, url, headers=self._http.headers, json=json, extensions=extensions
+        )
+
+    async def _transmit(self, request: httpx.Request) -> httpx.Response:
+        """The streamed response: through the caller's client's ``send()``, so its hooks and
+        auth apply, or straight through our own client's transport."""
+        hooks = self._http.event_hooks  # on ours too, should someone have hooked it
+        if self._transport is None or hooks["request"] or hooks["response"]:
+            return await self._http.send(request, stream=True)
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        if _httpx_logger.isEnabledFor(logging.INFO):  # the line send() would have logged
+            _httpx_logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                request.method,
+                request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
         return response
 
     def _parse(self, response: httpx.Response, **defaults: Any) -> Task:
@@ -382,6 +460,27 @@ class AsyncVSRClient:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this AsyncVSRClient is closed; open a new one")
+        if self._asyncio_only:
+            self._check_asyncio()
+
+    def _check_asyncio(self) -> None:
+        """Refuse a transport made for asyncio on another event loop (checked once, in one)."""
+        try:
+            library = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            return  # not in an event loop yet: the first request checks
+        if library != "asyncio":
+            raise RuntimeError(
+                f"transport='aiohttp' runs on asyncio only, not {library}: "
+                "use the default transport='httpx'"
+            )
+        self._asyncio_only = False
+
+
+def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    from ._aiohttp import aiohttp_transport  # noqa: PLC0415 (the aiohttp extra is optional)
+
+    return aiohttp_transport(limits)
 
 
 def _attempt_seconds(timeout: httpx.Timeout) -> float:

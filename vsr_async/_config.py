@@ -52,3 +52,24 @@ DOWNLOAD_BUFFER = 1024 * 1024
 MAX_REDIRECTS = 5
 #: The longest file name a download makes up from a task ID or a URL.
 MAX_NAME_LENGTH = 200
+
+#: `Stretching`'s defaults: from `DEFAULT_INTERVAL` to 10 s (the provider's 5-10 s advice) over
+#: the first 5 minutes a task spends in one status.
+STRETCH_STOP = 10.0
+STRETCH_OVER = 300.0
+#: `WatchStats.rate` counts the polls sent over about this many seconds.
+RATE_WINDOW = 5.0
+
+#: A rate budget's bucket holds this many seconds of its rate (at least one request): in any
+#: ``T`` seconds at most ``rate * T + max(1, rate * RATE_BURST)`` requests leave.
+RATE_BURST = 0.05
+#: On a 429 the allowed rate is multiplied by this (once per round of requests) ...
+RATE_DECREASE = 0.5
+#: ... but never below this share of ``rate_limit`` ...
+RATE_FLOOR = 0.05
+#: ... and climbs back by this share of ``rate_limit`` per second of successful requests.
+RATE_RECOVERY = 0.1
+
+#: The transport under the ``httpx.AsyncClient`` we create: httpx's own (asyncio and trio), or
+#: ``"aiohttp"`` (asyncio only, from the ``aiohttp`` extra).
+DEFAULT_TRANSPORT = "httpx"

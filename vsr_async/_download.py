@@ -204,6 +204,8 @@ class _Transfer:
                 timeout=self.client._request_timeout,  # noqa: SLF001
             )
             request.headers.pop("Authorization", None)  # set on the API client: not for storage
+            if self.client._rate is not None:  # noqa: SLF001 - one token per request, not per byte
+                await self.client._rate.acquire()  # noqa: SLF001
             try:
                 response = await self.client._http.send(  # noqa: SLF001
                     request, stream=True, auth=None, follow_redirects=False

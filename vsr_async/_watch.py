@@ -4,7 +4,8 @@ A watched task is a small record in a heap ordered by when it is next due, not a
 one dispatcher pops due records and hands them to ``max_concurrency`` workers, which poll
 once, report a `Transition` when the status changed, and push the record back. So memory
 grows by a few hundred bytes per task, and a 429 pauses every poller at once (one shared
-not-before time) instead of each finding out for itself.
+not-before time) instead of each finding out for itself. How long a task waits between polls is
+its `Schedule`'s answer (see ``_schedule.py``), with jitter on top.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from ._config import JITTER, MAX_MALFORMED, WARN_AFTER_FAILURES, WARN_EVERY
+from ._config import JITTER, MAX_MALFORMED, RATE_WINDOW, WARN_AFTER_FAILURES, WARN_EVERY
 from ._errors import (
     APIStatusError,
     AuthenticationError,
     PermissionDeniedError,
+    RateLimitError,
     ResponseValidationError,
     VSRError,
     WaitTimeoutError,
 )
 from ._retry import asks_to_slow_down, backoff_delay, is_transient
+from ._schedule import as_schedule
 from ._validate import check_count, check_seconds, check_task_id
 
 if TYPE_CHECKING:
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 
     from ._client import AsyncVSRClient
     from ._models import Task, TaskStatus
+    from ._schedule import Schedule
 
 logger = logging.getLogger("vsr_async")
 
@@ -68,12 +72,65 @@ class Transition:
         return self.error is not None or (self.task is not None and self.task.is_terminal)
 
 
+@attrs.frozen(kw_only=True)
+class WatchStats:
+    """A watch's counters at one moment, from `Watcher.stats`.
+
+    Attributes:
+        watched: Tasks being watched (added and not ended).
+        in_flight: Polls being sent now (at most ``max_concurrency``).
+        polls: Polls sent so far, failed ones included.
+        retries: Polls that failed and were scheduled again.
+        rate_limited: Polls answered 429 (counted in ``retries`` too).
+        rate: Polls sent per second, over the last few seconds.
+        allowed_rate: The requests per second the client allows now (its
+            `AsyncVSRClient.current_rate`), or ``None`` without a ``rate_limit``.
+    """
+
+    watched: int
+    in_flight: int
+    polls: int
+    retries: int
+    rate_limited: int
+    rate: float
+    allowed_rate: float | None = None
+
+
+class _Meter:
+    """Counts events in two fixed windows, for a sliding-window rate in O(1) time and memory."""
+
+    __slots__ = ("_current", "_origin", "_previous", "_start")
+
+    def __init__(self, now: float) -> None:
+        self._origin = self._start = now
+        self._current = self._previous = 0
+
+    def hit(self, now: float) -> None:
+        self._roll(now)
+        self._current += 1
+
+    def rate(self, now: float) -> float:
+        """Events per second over the last `RATE_WINDOW` (or since the start, if sooner)."""
+        self._roll(now)
+        into = (now - self._start) / RATE_WINDOW  # how far into the current window, 0 to 1
+        count = self._previous * (1 - into) + self._current
+        return count / max(min(now - self._origin, RATE_WINDOW), 1.0)
+
+    def _roll(self, now: float) -> None:
+        if now >= self._start + RATE_WINDOW:
+            windows = (now - self._start) // RATE_WINDOW
+            self._previous = self._current if windows == 1 else 0
+            self._current = 0
+            self._start += windows * RATE_WINDOW
+
+
 @attrs.define
 class _Watched:
     """One watched task: all a watch keeps per ID."""
 
     task_id: str
     deadline: float
+    since: float  # when its current status was first seen (or it was added): the schedule's 0
     task: Task | None = None
     failures: int = 0  # consecutive transient failures
     malformed: int = 0  # consecutive unreadable answers
@@ -93,7 +150,7 @@ class Watcher:
         client: AsyncVSRClient,
         task_ids: Iterable[str],
         *,
-        interval: float,
+        interval: float | Schedule,
         timeout: float | None,
         max_concurrency: int,
         keep_open: bool,
@@ -102,7 +159,7 @@ class Watcher:
             raise TypeError("task_ids must be an iterable of IDs, not one string")
         self._initial = [check_task_id(task_id) for task_id in task_ids]
         self._client = client
-        self._interval = check_seconds("interval", interval)
+        self._pace = as_schedule(interval)
         self._timeout = (
             math.inf if timeout is None else check_seconds("timeout", timeout, finite=False)
         )
@@ -119,6 +176,9 @@ class Watcher:
         self._warned_at = -math.inf  # when we last warned of polls failing again and again
         self._stopping = False
         self._started = False
+        # The counters of `stats`.
+        self._in_flight = self._polls = self._retries = self._rate_limited = 0
+        self._meter: _Meter | None = None
         self._undelivered = 0  # transitions sent or being sent, not yet received
         self._changed: anyio.Event | None = None
         self._task_group: TaskGroup | None = None
@@ -131,6 +191,7 @@ class Watcher:
             raise RuntimeError("a Watcher can be entered only once")
         self._started = True
         self._changed = anyio.Event()
+        self._meter = _Meter(anyio.current_time())
         send, self._transitions = anyio.create_memory_object_stream[Transition | Exception | None](
             self._max_concurrency
         )
@@ -201,7 +262,7 @@ class Watcher:
             raise RuntimeError("this watch has ended; add() needs a running watch")
         if task_id not in self._watched:
             now = anyio.current_time()
-            entry = _Watched(task_id, deadline=now + self._timeout)
+            entry = _Watched(task_id, deadline=now + self._timeout, since=now)
             self._watched[task_id] = entry
             self._schedule(entry, now)
 
@@ -214,6 +275,23 @@ class Watcher:
     def watching(self) -> int:
         """How many tasks are being watched now."""
         return len(self._watched)
+
+    @property
+    def stats(self) -> WatchStats:
+        """The watch's counters now: cheap enough to read several times a second."""
+        # The client's rate budget (`AsyncVSRClient.current_rate`), if this client has one.
+        allowed = getattr(self._client, "current_rate", None)
+        if isinstance(allowed, bool) or not isinstance(allowed, int | float):
+            allowed = None
+        return WatchStats(
+            watched=len(self._watched),
+            in_flight=self._in_flight,
+            polls=self._polls,
+            retries=self._retries,
+            rate_limited=self._rate_limited,
+            rate=0.0 if self._meter is None else self._meter.rate(anyio.current_time()),
+            allowed_rate=None if allowed is None else float(allowed),
+        )
 
     # The workers' side.
 
@@ -273,7 +351,7 @@ class Watcher:
         self, entry: _Watched, send: MemoryObjectSendStream[Transition | Exception | None]
     ) -> None:
         try:
-            task = await self._client._fetch_task(entry.task_id)  # noqa: SLF001
+            task = await self._send_poll(entry.task_id)
         except (AuthenticationError, PermissionDeniedError):
             raise  # the key is bad for every task: _work ends the whole watch with it
         except VSRError as exc:
@@ -299,13 +377,32 @@ class Watcher:
             return
         if previous is None or task.status.casefold() != previous.casefold():
             # (An unknown status is kept verbatim, but "Paused" and "PAUSED" are one status.)
+            entry.since = anyio.current_time()
             self._undelivered += 1
             await send.send(transition)
-        jitter = random.uniform(1 - JITTER, 1 + JITTER)
-        self._schedule(entry, anyio.current_time() + self._interval * jitter)
+        now = anyio.current_time()  # (after a consumer that was slow to take the transition)
+        self._schedule(entry, now + self._next_interval(entry, now))
+
+    async def _send_poll(self, task_id: str) -> Task:
+        assert self._meter is not None  # noqa: S101
+        self._polls += 1
+        self._in_flight += 1
+        self._meter.hit(anyio.current_time())
+        try:
+            return await self._client._fetch_task(task_id)  # noqa: SLF001
+        finally:
+            self._in_flight -= 1
+
+    def _next_interval(self, entry: _Watched, now: float) -> float:
+        """The schedule's interval for this task now, with jitter."""
+        interval = self._pace.next_interval(now - entry.since)
+        interval = check_seconds("the schedule's interval", interval)
+        return interval * random.uniform(1 - JITTER, 1 + JITTER)
 
     def _retry_later(self, entry: _Watched, exc: VSRError) -> None:
         now = anyio.current_time()
+        self._retries += 1
+        self._rate_limited += isinstance(exc, RateLimitError)
         retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
         if asks_to_slow_down(exc):
             # The server asked us to slow down: every poller waits, and longer each time.
@@ -320,7 +417,7 @@ class Watcher:
             self._warned_at = now
             logger.warning("polls keep failing (%s); retrying with backoff", exc)
         # A failed poll never brings the next one closer than the normal interval.
-        delay = max(delay, self._interval * random.uniform(1 - JITTER, 1 + JITTER))
+        delay = max(delay, self._next_interval(entry, now))
         logger.debug("polling %r failed (%s); again in %.2f s", entry.task_id, exc, delay)
         self._schedule(entry, now + delay)
 

@@ -29,11 +29,12 @@ from rich.text import Text
 from ._tally import DOWNLOADED, GAVE_UP, WAITING, printable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
     from rich.console import RenderableType
 
-    from vsr_async import Transition
+    from vsr_async import Transition, WatchStats
 
     from ._tally import Outcome, Saved, Saving, Tally
 
@@ -90,6 +91,9 @@ class Display(Protocol):
     def transition(self, transition: Transition) -> None:
         """A watched task changed."""
 
+    def watching(self, stats: Callable[[], WatchStats]) -> None:
+        """The watch started: ``stats()`` reads its counters (`Watcher.stats`)."""
+
     def downloaded(self, saved: Saved) -> None:
         """A download ended (``--download``)."""
 
@@ -126,6 +130,11 @@ def headline(tally: Tally) -> str:
         f"{what} after {tally.elapsed:.1f} s: {len(tally.outcomes)} of {tally.total} tasks "
         f"ended{resumed}: {', '.join(parts) or 'none'}"
     )
+
+
+def describe_stats(stats: WatchStats) -> str:
+    """The summary's line on requests: ``N polls, M retries, K 429s``."""
+    return f"{stats.polls} polls, {stats.retries} retries, {stats.rate_limited} 429s"
 
 
 def describe_saved(saved: Saved, *, human: bool = False) -> str:
@@ -194,6 +203,9 @@ class PlainDisplay:
         """Print the transition."""
         click.echo(f"{self._stamp()}  {describe(transition)}")
 
+    def watching(self, stats: Callable[[], WatchStats]) -> None:
+        """Plain output shows no counters."""
+
     def downloaded(self, saved: Saved) -> None:
         """Print where the file is, or why there is none."""
         click.echo(f"{self._stamp()}  {describe_saved(saved)}")
@@ -233,6 +245,7 @@ class LiveDisplay:
         )
         self._bar = self._progress.add_task("tasks", total=None)
         self._latest: collections.deque[Text] = collections.deque(maxlen=LATEST)
+        self._stats: Callable[[], WatchStats] | None = None
         self._live = Live(console=self._console, get_renderable=self._render, auto_refresh=False)
 
     def __enter__(self) -> LiveDisplay:
@@ -274,6 +287,10 @@ class LiveDisplay:
         line.append(describe(transition), style=STYLES.get(status, ""))
         self._latest.append(line)
 
+    def watching(self, stats: Callable[[], WatchStats]) -> None:
+        """Show the watch's counters under the progress bar, and sum them up at the end."""
+        self._stats = stats
+
     def downloaded(self, saved: Saved) -> None:
         """Add the download's end to the latest lines."""
         line = Text(
@@ -289,6 +306,8 @@ class LiveDisplay:
         self._console.print(Text(headline(tally), style="bold"))
         if tally.saving is not None:
             self._console.print(Text(download_headline(tally.saving), style="bold"))
+        if self._stats is not None:
+            self._console.print(Text(describe_stats(self._stats()), style="dim"))
         rows = [
             (outcome.task_id, Text(outcome.status, STYLES.get(outcome.status, "")), outcome.detail)
             for outcome in failures(tally)
@@ -316,8 +335,27 @@ class LiveDisplay:
             counts.append(f"{tally.counts[label]}   ", style="bold")
         title = Text(self._title, style="bold")
         latest = [Text("latest:", style="dim"), *self._latest] if self._latest else []
+        polls = [] if self._stats is None else [_poll_counts(self._stats())]
         downloads = [] if tally.saving is None else [_download_counts(tally.saving)]
-        return Group(title, counts, self._progress, *downloads, *latest)
+        return Group(title, counts, self._progress, *polls, *downloads, *latest)
+
+
+def _poll_counts(stats: WatchStats) -> Text:
+    """The live display's line on the watch's requests: polls, retries, 429s, rate, in flight."""
+    line = Text("polls  ", style="dim")
+    rate = f"{stats.rate:.1f}/s"
+    if stats.allowed_rate is not None:
+        rate += f" (of {stats.allowed_rate:g})"
+    for label, value in (
+        ("sent", str(stats.polls)),
+        ("retries", str(stats.retries)),
+        ("429s", str(stats.rate_limited)),
+        ("rate", rate),
+        ("in flight", str(stats.in_flight)),
+    ):
+        line.append(f"{label} ", style="dim")
+        line.append(f"{value}   ", style="bold")
+    return line
 
 
 def _download_counts(saving: Saving) -> Text:

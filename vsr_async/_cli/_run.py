@@ -146,6 +146,7 @@ class _Batch:
             ) as watcher,
             anyio.create_task_group() as creators,
         ):
+            self.display.watching(lambda: watcher.stats)
             if creates:
 
                 async def create_then_close() -> None:
