@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from vsr_async import ResponseValidationError, Task, TaskError, TaskStatus
 from vsr_async._config import SNIPPET_LENGTH
-from vsr_async._converter import parse_task
+from vsr_async._converter import converter, parse_task, structure_directly
 
 
 def dumps(data: Any) -> bytes:
@@ -254,3 +254,47 @@ def test_any_task_like_object_gives_a_task_or_a_validation_error(data: dict[str,
 def test_any_bytes_give_a_task_or_a_validation_error(content: bytes) -> None:
     """Whatever bytes come back, parse_task returns a Task or raises ResponseValidationError."""
     _parses_or_rejects(content)
+
+
+#: Mostly answers the converter accepts (valid ID and status), with every optional key's
+#: value anything JSON or a tricky string; sometimes an ID or a status that is not one.
+_tricky = st.sampled_from(["", " ", "1e3", "123", "1e400", "nan", "x" * 600, "a/b", ".."])
+common_answers = st.fixed_dictionaries(
+    {
+        "id": st.from_regex(r"[A-Za-z0-9_-]{1,16}", fullmatch=True)
+        | st.text(min_size=1, max_size=12)
+        | st.integers()
+        | _tricky
+        | json_values,
+        "status": st.sampled_from(["queued", "COMPLETED", " failed ", "paused"]) | json_values,
+    },
+    optional=dict.fromkeys(
+        ("object", "created", "video_url", "actualDuration", "error", "videoUrl"),
+        st.none() | st.integers() | st.floats() | st.text(max_size=8) | _tricky | json_values,
+    ),
+)
+
+#: Answers with a valid ID and status and plain values: those the fast path should take.
+clean_answers = st.fixed_dictionaries(
+    {
+        "id": st.from_regex(r"[A-Za-z0-9_-]{1,16}", fullmatch=True) | st.integers(),
+        "status": st.sampled_from(["queued", "COMPLETED", " failed ", "paused"]),
+    },
+    optional=dict.fromkeys(
+        ("object", "created", "video_url", "actualDuration", "error"),
+        st.none() | st.integers() | st.floats() | st.text(max_size=8) | _tricky,
+    ),
+)
+
+
+@settings(database=None, deadline=None, max_examples=500)
+@given(clean_answers | common_answers | task_like)
+def test_direct_structuring_is_the_converters(data: dict[str, Any]) -> None:
+    """The fast path gives the Task the cattrs converter gives, and declines (returns None)
+    whatever the converter refuses, so the converter raises its own error for it."""
+    try:
+        expected: Task | None = converter.structure(dict(data), Task)
+    except Exception:
+        expected = None
+    direct = structure_directly(dict(data))
+    assert repr(direct) == repr(expected)  # (repr: a NaN duration is not equal to itself)

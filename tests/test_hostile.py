@@ -582,7 +582,7 @@ async def test_any_answer_gives_a_task_or_a_vsr_error(
     )
     for call in (
         lambda: client.get_task("task-1"),
-        lambda: client._fetch_task(client._task_url("task-1")),
+        lambda: client._fetch_task("task-1"),
         lambda: client.create_task("https://videos.example.com/in.mp4", model=MODEL),
     ):
         assert_task_or_vsr_error(status, await outcome_of(call()))

@@ -90,6 +90,42 @@ async def test_own_client_sends_straight_to_its_transport() -> None:
         await every_call(emulator, client)
 
 
+async def test_concurrent_requests_do_not_contend_for_one_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests entering httpcore's pool together are each handed their own connection: the
+    pool assigns each once coming in and once going out, never again after finding the one
+    it was handed taken (a third of a poll's CPU went to those passes)."""
+    import httpcore  # noqa: PLC0415 (only this test looks inside httpx's transport)
+
+    assign = httpcore.AsyncConnectionPool._assign_requests_to_connections
+    passes = 0
+
+    def counted(pool: httpcore.AsyncConnectionPool) -> list[Any]:
+        nonlocal passes
+        passes += 1
+        return assign(pool)
+
+    monkeypatch.setattr(httpcore.AsyncConnectionPool, "_assign_requests_to_connections", counted)
+    async with serving(Emulator(seed=1, timeline=DONE), max_connections=5) as (_, client):
+        task = await client.create_task(VIDEO, model=MODEL)
+        passes = 0
+        async with anyio.create_task_group() as group:
+            for _ in range(100):
+                group.start_soon(client.get_task, task.id)
+    assert passes <= 2 * 100
+
+
+async def test_own_client_after_refused_connections_still_sends() -> None:
+    """A request failing inside httpx's pool lets the next ones in: none waits for it."""
+    client = AsyncVSRClient("k" * 20, base_url=f"http://127.0.0.1:{closed_port()}", max_retries=0)
+    async with client:
+        with anyio.fail_after(10):
+            for _ in range(3):
+                with pytest.raises(APIConnectionError):
+                    await client.get_task("task-1")
+
+
 async def test_callers_client_keeps_send_and_its_hooks() -> None:
     """A caller's http_client goes through send(): its request and response hooks run."""
     seen: list[str] = []
