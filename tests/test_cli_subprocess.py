@@ -10,7 +10,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import attrs
 import pytest
 from _cli_helpers import (
     CLI,
@@ -19,6 +18,7 @@ from _cli_helpers import (
     cli_env,
     readable_records,
     records,
+    run_cli,
     terminal_counts,
 )
 
@@ -26,10 +26,9 @@ from vsr_async import AsyncVSRClient
 from vsr_async.testing import Emulator, EmulatorServer, Faults
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
     from pathlib import Path
 
-    from anyio.abc import ByteReceiveStream
 
 pytestmark = [
     pytest.mark.anyio,
@@ -55,46 +54,6 @@ def anyio_backend() -> str:
     """asyncio only: this process just serves the emulator; the CLI's own event loop, the
     one under test, is chosen with --backend where it matters."""
     return "asyncio"
-
-
-@attrs.frozen
-class Finished:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-async def _drain(stream: ByteReceiveStream | None, into: bytearray) -> None:
-    assert stream is not None
-    async for chunk in stream:
-        into.extend(chunk)
-
-
-async def run_cli(
-    args: Sequence[str],
-    env: dict[str, str],
-    *,
-    until: Callable[[], bool] | None = None,
-    then: signal.Signals = signal.SIGINT,
-    within: float = 30,
-) -> Finished:
-    """Run the CLI to its end; if ``until`` is given, send ``then`` once it is true."""
-    command = [*CLI, *args]
-    out, err = bytearray(), bytearray()
-    with anyio.fail_after(within):
-        async with (
-            await anyio.open_process(command, env=env, stdin=subprocess.DEVNULL) as process,
-            anyio.create_task_group() as task_group,
-        ):
-            task_group.start_soon(_drain, process.stdout, out)
-            task_group.start_soon(_drain, process.stderr, err)
-            if until is not None:
-                while not until():
-                    assert process.returncode is None, f"ended first:\n{out.decode()}"
-                    await anyio.sleep(0.02)
-                process.send_signal(then)
-            returncode = await process.wait()
-    return Finished(returncode, out.decode(), err.decode())
 
 
 @pytest.fixture

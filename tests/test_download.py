@@ -18,7 +18,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
-from _helpers import KEY
+from _helpers import HTTPX_LEAVES_ITS_ITERATORS, KEY
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -708,15 +708,7 @@ async def test_bytes_without_a_validator_are_never_resumed(tmp_path: Path) -> No
     assert [h.get("range") for h in seen] == [None, None]
 
 
-# On trio, httpx leaves its own body iterators to the garbage collector when decoding fails
-# (Response.aiter_bytes does not aclose aiter_raw): httpx's, not ours (encode/httpx#3686).
-@pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <async_generator object "
-    r"(Response\.aiter_raw|AsyncHTTP11Connection\._receive_response_body|"
-    r"(HTTP11ConnectionByteStream|PoolByteStream|AsyncResponseStream|BoundAsyncStream)"
-    r"\.__aiter__)"
-    r":pytest.PytestUnraisableExceptionWarning"
-)
+@HTTPX_LEAVES_ITS_ITERATORS
 async def test_an_encoded_body_is_decoded_and_a_broken_one_is_an_error(tmp_path: Path) -> None:
     """A storage host that gzips anyway gives the decoded file (not resumable, so no validator
     is kept); a body that does not decode is a `DownloadError`, not an httpx error."""

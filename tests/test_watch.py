@@ -15,6 +15,7 @@ import httpx
 import pytest
 from _helpers import (
     DROP,
+    HTTPX_LEAVES_ITS_ITERATORS,
     KEY,
     Answer,
     Proxy,
@@ -403,16 +404,7 @@ async def test_transient_failures_never_end_a_watch(fast_backoff: None) -> None:
     assert any(s.status_code == 200 and s.status is None for s in proxy.seen)  # dropped
 
 
-# On trio, httpx leaves its own body iterators to the garbage collector when decoding fails
-# (Response.aiter_bytes does not aclose aiter_raw), and trio warns about them: httpx's, not
-# ours (encode/httpx#3686).
-@pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <async_generator object "
-    r"(Response\.aiter_raw|AsyncHTTP11Connection\._receive_response_body|"
-    r"(HTTP11ConnectionByteStream|PoolByteStream|AsyncResponseStream|BoundAsyncStream)"
-    r"\.__aiter__)"
-    r":pytest.PytestUnraisableExceptionWarning"
-)
+@HTTPX_LEAVES_ITS_ITERATORS
 async def test_undecodable_body_is_transient(fast_backoff: None) -> None:
     """A body that cannot be decoded (a proxy's broken gzip) is a garbage answer like any
     other: it is retried, and the watch completes."""
