@@ -25,25 +25,13 @@ import anyio
 
 from ._config import MAX_RETRY_AFTER, RATE_BURST, RATE_DECREASE, RATE_FLOOR, RATE_RECOVERY
 from ._errors import parse_retry_after
+from ._validate import check_rate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 #: Tokens short of one that still count as one: float rounding, not a real shortfall.
 _ROUNDING = 1e-9
-
-
-def check_rate(name: str, value: object) -> float:
-    """Return ``value`` if it is a positive, finite number of requests per second."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"{name} must be a number of requests per second, got {type(value).__name__}"
-        )
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(
-            f"{name} must be a positive, finite number of requests per second, got {value!r}"
-        )
-    return float(value)
 
 
 class RateBudget:

@@ -60,6 +60,19 @@ def check_seconds(name: str, value: object, *, finite: bool = True) -> float:
     return float(value)
 
 
+def check_rate(name: str, value: object) -> float:
+    """Return ``value`` if it is a positive, finite number of requests per second."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{name} must be a number of requests per second, got {type(value).__name__}"
+        )
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(
+            f"{name} must be a positive, finite number of requests per second, got {value!r}"
+        )
+    return float(value)
+
+
 def check_count(name: str, value: object, *, minimum: int) -> int:
     """Return ``value`` if it is an integer of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):

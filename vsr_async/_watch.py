@@ -279,10 +279,6 @@ class Watcher:
     @property
     def stats(self) -> WatchStats:
         """The watch's counters now: cheap enough to read several times a second."""
-        # The client's rate budget (`AsyncVSRClient.current_rate`), if this client has one.
-        allowed = getattr(self._client, "current_rate", None)
-        if isinstance(allowed, bool) or not isinstance(allowed, int | float):
-            allowed = None
         return WatchStats(
             watched=len(self._watched),
             in_flight=self._in_flight,
@@ -290,7 +286,7 @@ class Watcher:
             retries=self._retries,
             rate_limited=self._rate_limited,
             rate=0.0 if self._meter is None else self._meter.rate(anyio.current_time()),
-            allowed_rate=None if allowed is None else float(allowed),
+            allowed_rate=self._client.current_rate,
         )
 
     # The workers' side.
