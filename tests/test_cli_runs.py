@@ -298,18 +298,22 @@ def test_status_json_is_one_object_per_line(invoke, emulator: Emulator) -> None:
     assert objects[1]["error"] == "Bad input"
 
 
-def test_verbose_logs_every_retry_on_stderr(invoke, emulator: Emulator) -> None:
+def test_verbose_logs_every_retry_on_stderr(
+    invoke, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """-v shows the watch riding out faults, one `Debug:` line each, on stderr only; the
     library's logger is left as it was."""
+    monkeypatch.setattr("vsr_async._retry.BACKOFF_FACTOR", 0.01)  # retries in milliseconds
+    monkeypatch.setattr("vsr_async._retry.BACKOFF_MAX", 0.05)
     logger = logging.getLogger("vsr_async")
     level, handlers = logger.level, list(logger.handlers)
-    ids = add_tasks(emulator, "cc", first=0.2, step=0.1)
     emulator.faults = Faults(error_rate=0.5, retry_after=None)
-    quiet = invoke("watch", *FAST, *ids)
+    quiet = invoke("watch", *FAST, *add_tasks(emulator, "cc", first=0.2, step=0.1))
     assert "Debug:" not in quiet.output
-    verbose = invoke("-v", "watch", *FAST, *ids)
+    # Tasks of their own, running long enough for a dozen polls each: a few fail, always.
+    verbose = invoke("-v", "watch", *FAST, *add_tasks(emulator, "cc", first=0.6, prefix="v"))
     assert verbose.exit_code == 0
-    assert "Debug: polling 'task_" in verbose.stderr
+    assert "Debug: polling 'v_" in verbose.stderr
     assert "Debug:" not in verbose.stdout
     assert (logger.level, logger.handlers) == (level, handlers)
 
