@@ -6,13 +6,16 @@ the requests the server sees in each time window.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import time
 from typing import TYPE_CHECKING
 
 import anyio
+import httpx
 import pytest
+import trio
 from _helpers import KEY, Proxy, Seen, json_answer, serve
 
 import vsr_async._rate
@@ -29,6 +32,7 @@ from vsr_async._rate import RateBudget
 from vsr_async.testing import Emulator, Timeline
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.anyio
@@ -162,6 +166,82 @@ def test_retry_after_pauses_every_token() -> None:
     budget.answered(sent, 429, "not a number")  # same round: no cut, and no pause
     assert budget.current == 200.0
     assert budget.try_acquire() == pytest.approx(MAX_RETRY_AFTER)
+
+
+def test_a_clock_going_back_never_starves_the_bucket() -> None:
+    """A clock that jumps back (a new event loop's) earns no tokens and owes none: the bucket
+    gives the next token at its rate, and a pause keeps only what it had left."""
+    clock = FakeClock()
+    budget = RateBudget(4.0, clock=clock)  # a bucket of one, a token every 0.25 s
+    assert budget.try_acquire() == 0
+    budget.pause(2.0)
+    clock.now -= 50_000.0
+    assert budget.try_acquire() == pytest.approx(2.0)  # not 50,002 s
+    clock.now += 2.0
+    assert budget.try_acquire() == 0
+    assert budget.try_acquire() == pytest.approx(0.25)
+    sent = clock.now
+    clock.now -= 1_000.0
+    budget.answered(sent, 429)  # a request of the old clock's: still news
+    assert budget.current == 4.0 * RATE_DECREASE
+    clock.now += 0.5
+    assert budget.try_acquire() == 0
+
+
+class _OffsetLoop(asyncio.SelectorEventLoop):
+    offset = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.offset
+
+
+class _OffsetClock(trio.abc.Clock):
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return time.monotonic() + self.offset
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        return deadline - self.current_time()
+
+
+def run_with_clock_at(
+    backend: str, offset: float, function: Callable[[], Awaitable[object]]
+) -> None:
+    """Run ``function`` in a new event loop of ``backend`` whose clock reads ``offset`` more
+    than the monotonic clock."""
+    if backend == "trio":
+        anyio.run(function, backend="trio", backend_options={"clock": _OffsetClock(offset)})
+    else:
+        loop_class = type("Loop", (_OffsetLoop,), {"offset": offset})
+        anyio.run(function, backend="asyncio", backend_options={"loop_factory": loop_class})
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_one_client_across_event_loops_with_clocks_far_apart(backend: str) -> None:
+    """One client with a rate budget, used from successive event loops whose clocks are far
+    apart (trio gives each run a clock of its own): the second loop's requests go at the
+    budget's pace (2 a second), not once its clock has caught up with the first's (a day)."""
+    emulator = Emulator(api_key=KEY)
+    task_id = emulator.add_task(FOREVER)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(emulator))
+    client = AsyncVSRClient(
+        KEY, base_url=f"http://127.0.0.1{emulator.prefix}", http_client=http, rate_limit=2
+    )
+
+    async def poll() -> None:
+        with anyio.fail_after(60):  # four polls take 1.5 s; the defect waited a day
+            for _ in range(4):
+                await client.get_task(task_id)
+
+    run_with_clock_at(backend, 86_400.0, poll)
+    run_with_clock_at(backend, 0.0, poll)
+    anyio.run(http.aclose)
+    assert len(emulator.requests) == 8
 
 
 @pytest.mark.parametrize(

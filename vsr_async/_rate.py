@@ -14,6 +14,10 @@ second, and only traffic that went through can raise it.
 A ``Retry-After`` (on a 429 or any other error) also stops every token until it has passed
 (at most `MAX_RETRY_AFTER`): requests already queued for a token would otherwise leave
 during the server's pause, each get a 429, and cut the rate again and again.
+
+The budget reads its clock in one place, `_refill`. A clock that goes back (one client used
+from successive ``trio.run()`` calls, each with its own clock) moves every stored time back with
+it: no tokens are earned for the jump, and a pause keeps only what it had left.
 """
 
 from __future__ import annotations
@@ -96,16 +100,16 @@ class RateBudget:
 
     def pause(self, seconds: float) -> None:
         """Give out no token for ``seconds`` (at most `MAX_RETRY_AFTER`) from now."""
-        until = self._clock() + min(seconds, MAX_RETRY_AFTER)
+        until = self._refill() + min(seconds, MAX_RETRY_AFTER)
         self._not_before = max(self._not_before, until)
 
     def slow_down(self, sent_at: float) -> None:
         """A request taken at ``sent_at`` got a 429: cut the rate, unless it was already cut
         after that request left."""
+        now = self._refill()
         if sent_at < self._cut_at:
             return
-        self._refill()
-        self._cut_at = self._clock()
+        self._cut_at = now
         self._rate = max(self._rate * RATE_DECREASE, self.limit * RATE_FLOOR)
         self._tokens = min(self._tokens, self._capacity())
 
@@ -120,10 +124,14 @@ class RateBudget:
 
     def _refill(self) -> float:
         """Add the tokens earned since the last look, at the rate allowed over that time;
-        return the time now."""
+        return the time now. The one reader of the clock (see the module docstring)."""
         now = self._clock()
         if self._updated is not None:
-            earned = (now - self._updated) * self._rate
-            self._tokens = min(self._capacity(), self._tokens + earned)
+            elapsed = now - self._updated
+            if elapsed < 0:  # another clock: keep every time relative to the last look
+                self._not_before += elapsed
+                self._cut_at += elapsed
+                elapsed = 0.0
+            self._tokens = min(self._capacity(), self._tokens + elapsed * self._rate)
         self._updated = now
         return now
