@@ -22,6 +22,7 @@ from _helpers import DROP, Proxy, json_answer
 from click.testing import CliRunner, Result
 
 import vsr_async._retry
+from vsr_async._config import SNIPPET_LENGTH
 from vsr_async import (
     APIConnectionError,
     APIStatusError,
@@ -296,6 +297,51 @@ async def test_a_key_echoed_in_a_malformed_answer_is_not_quoted() -> None:
     for error in errors:
         assert isinstance(error, ResponseValidationError)
         assert_clean(exception_texts(error))
+
+
+async def test_a_key_across_the_snippets_end_is_masked_whole() -> None:
+    """A key echoed where the quoted start of an unreadable body ends: masked before the body
+    is cut, so no piece of it shows."""
+    page = b"x" * (SNIPPET_LENGTH - 4) + SENTINEL.encode()
+    proxy = Proxy(Emulator(api_key=SENTINEL), lambda _id, _n: (200, [], page))
+    async with serve(proxy, max_retries=0) as client:
+        error = await raised(client.get_task("task_1"))
+    assert isinstance(error, ResponseValidationError)
+    assert error.snippet == "x" * (SNIPPET_LENGTH - 4) + "[sec"  # the mask, cut
+    assert_clean(exception_texts(error))
+
+
+@pytest.mark.parametrize("key", ["test", "task", "1"])
+async def test_a_short_key_never_changes_the_data(key: str) -> None:
+    """A key that is also a common word (``test`` in a dev setup) is masked only in what an
+    error quotes: task IDs and result URLs holding it come back as the server sent them, from
+    get_task, wait and a watch."""
+    emulator = Emulator(api_key=key)
+    ids = [emulator.add_task(QUICK, task_id=f"{key}-{n}") for n in range(3)]
+    async with (
+        EmulatorServer(emulator) as server,
+        AsyncVSRClient(key, base_url=server.base_url) as client,
+    ):
+        tasks = [await client.wait(task_id, interval=0.05) for task_id in ids]
+        async with client.watch(ids, interval=0.05) as watcher:
+            tasks += [t.task async for t in watcher if t.task is not None and t.is_final]
+        tasks.append(await client.get_task(ids[0]))
+    assert [task.id for task in tasks] == [*ids, *ids, ids[0]]  # (watch order: all done)
+    for task in tasks:
+        assert task.video_url is not None
+        assert task.video_url.endswith(f"/files/{task.id}.mp4")
+
+
+async def test_the_same_task_check_masks_what_it_quotes() -> None:
+    """An answer about another task than the one asked for, whose ID quotes the key: the
+    error names it without the key."""
+    answer = json_answer(200, {"id": f"echo {SENTINEL}", "status": "queued"})
+    proxy = Proxy(Emulator(api_key=SENTINEL), lambda _id, _n: answer)
+    async with serve(proxy, max_retries=0) as client:
+        error = await raised(client.get_task("task_1"))
+    assert isinstance(error, ResponseValidationError)
+    assert "the answer is about task 'echo [secure]'" in str(error)
+    assert_clean(exception_texts(error))
 
 
 async def test_wait_watch_and_misuse_errors_never_show_the_key(fast_backoff: None) -> None:

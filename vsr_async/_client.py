@@ -36,6 +36,7 @@ from ._errors import (
     TaskFailedError,
     VSRError,
     WaitTimeoutError,
+    mask,
 )
 from ._models import Model, Task, TaskStatus
 from ._rate import RateBudget
@@ -218,9 +219,7 @@ class AsyncVSRClient:
             VSRError: Any other failure (see the exception tree).
         """
         url = self._task_url(check_task_id(task_id))
-        return _same_task(
-            self._parse(await self._request("GET", url, retry_if=is_transient)), task_id
-        )
+        return self._parse(await self._request("GET", url, retry_if=is_transient), task_id)
 
     async def create_task(self, video_url: str, *, model: Model | str) -> Task:
         """Create a task enhancing ``video_url`` with ``model``.
@@ -242,7 +241,7 @@ class AsyncVSRClient:
         body = {"model": check_model(model), "videoUrl": video_url}
         url = f"{self.base_url}/v1/super-resolution/videos"
         response = await self._request("POST", url, json=body, retry_if=_never_sent)
-        return self._parse(response, status=TaskStatus.QUEUED)
+        return self._parse(response, None, status=TaskStatus.QUEUED)
 
     async def wait(
         self,
@@ -375,10 +374,10 @@ class AsyncVSRClient:
         return httpx.URL(f"{self._result_url}{segment}")
 
     async def _fetch_task(self, task_id: str) -> Task:
-        return _same_task(self._parse(await self._send("GET", self._task_url(task_id))), task_id)
+        return self._parse(await self._send("GET", self._task_url(task_id)), task_id)
 
     async def _send(self, method: str, url: str | httpx.URL, *, json: Any = None) -> bytes:
-        """One attempt: the body of a 2xx answer (decoded, the key masked); else a `VSRError`."""
+        """One attempt: the body of a 2xx answer (decoded, as sent); else a `VSRError`."""
         self._check_open()
         request = self._build_request(method, url, json)
         try:
@@ -404,11 +403,10 @@ class AsyncVSRClient:
             raise ResponseValidationError(reason, snippet="") from exc
         except httpx.TransportError as exc:
             raise APIConnectionError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
-        content = _without_key(content, request)
         if not whole:
             reason = f"the answer is larger than {MAX_RESPONSE_BYTES} bytes, the most we read"
             if response.is_success:
-                raise ResponseValidationError.from_body(reason, content)
+                raise ResponseValidationError.from_body(reason, content, secret=self._secret())
             content = b""  # the status is the error; a body that size would say nothing more
         status = response.status_code
         if self._rate is not None and sent_at is not None:
@@ -480,13 +478,31 @@ class AsyncVSRClient:
                 holding = False
                 gate.release()
 
-    def _parse(self, content: bytes, **defaults: Any) -> Task:
-        task = parse_task(content, **defaults)
+    def _parse(self, content: bytes, task_id: str | None, **defaults: Any) -> Task:
+        """The task in a success answer, if it is the one asked for (``task_id``, unless it is a
+        create's answer). The data is kept as sent; only what an error or a log line quotes has
+        the key masked, should the server echo it (an echo proxy, a debug page)."""
+        refused: str | None = None
+        try:
+            task = parse_task(content, **defaults)
+        except ResponseValidationError as exc:
+            refused = exc.reason
+        else:
+            if task_id is not None and task.id != task_id:  # a proxy's cache, a mixed-up answer
+                refused = f"asked for task {task_id!r}, the answer is about task {task.id!r}"
+        if refused is not None:  # (raised out here, where nothing chained quotes the body)
+            raise ResponseValidationError.from_body(refused, content, secret=self._secret())
         status = task.status.casefold()
         if not isinstance(task.status, TaskStatus) and status not in self._unknown_statuses:
             self._unknown_statuses.add(status)
-            logger.warning("unknown task status %r: treated as still running", task.status)
+            shown = mask(task.status, self._secret())
+            logger.warning("unknown task status %r: treated as still running", shown)
         return task
+
+    def _secret(self) -> str:
+        """The API key, to mask in what errors and log lines quote."""
+        headers = self._http.headers if self._request_headers is None else self._request_headers
+        return str(headers.get("authorization", "")).partition(" ")[2]
 
     async def _request(
         self,
@@ -565,15 +581,6 @@ async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
     return b"".join(chunks), size <= MAX_RESPONSE_BYTES
 
 
-def _without_key(content: bytes, request: httpx.Request) -> bytes:
-    """``content`` with the API key masked, should the server echo it: an echo proxy, a
-    debug page (error messages quote the start of an unreadable body)."""
-    token = request.headers.get("authorization", "").partition(" ")[2]
-    return (
-        content.replace(token.encode(request.headers.encoding), b"[secure]") if token else content
-    )
-
-
 #: An ID with every kind of character the URL must encode, to check the fast URLs against.
 _ODD_ID = "a b?#%é[]@:;=+&$,!~*'()"
 
@@ -612,14 +619,6 @@ def _with_content(response: httpx.Response, content: bytes) -> httpx.Response:
         request=response.request,
         extensions=response.extensions,
     )
-
-
-def _same_task(task: Task, task_id: str) -> Task:
-    """``task``, if it is the one asked for: a proxy's cache or a mixed-up answer is not."""
-    if task.id != task_id:
-        reason = f"asked for task {task_id!r}, the answer is about task {task.id!r}"
-        raise ResponseValidationError(reason, snippet="")
-    return task
 
 
 def _never_sent(exc: VSRError) -> bool:

@@ -103,7 +103,7 @@ class APIStatusError(VSRError):
         body = _json_or_none(response)
         if token:  # some servers echo the credential back
             try:
-                body = _masked(body, token)
+                body = masked(body, token)
             except RecursionError:  # nested too deep to search: drop it rather than leak it
                 body = None
         message = body.get("message") if isinstance(body, dict) else None
@@ -111,8 +111,7 @@ class APIStatusError(VSRError):
             # (HTTP/1.1 servers may send an empty reason phrase: hypercorn does.)
             phrase = response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)
             message = phrase or "error"
-        if token:
-            message = message.replace(token, _MASK)
+        message = mask(message, token)
         error_class = _STATUS_ERRORS.get(response.status_code)
         if error_class is None:
             error_class = ServerError if response.status_code >= 500 else APIStatusError
@@ -155,17 +154,21 @@ class ResponseValidationError(VSRError):
     """A success answer that is not a task: not JSON, an HTML page, missing or mistyped fields.
 
     Attributes:
+        reason: Why the answer was refused.
         snippet: The start of the body, for the log.
     """
 
-    def __init__(self, message: str, *, snippet: str) -> None:
-        super().__init__(f"{message}; body starts: {snippet!r}")
+    def __init__(self, reason: str, *, snippet: str) -> None:
+        super().__init__(f"{reason}; body starts: {snippet!r}")
+        self.reason = reason
         self.snippet = snippet
 
     @classmethod
-    def from_body(cls, reason: str, content: bytes) -> ResponseValidationError:
-        """Build one for ``content``, quoting its start."""
-        return cls(reason, snippet=content[:SNIPPET_LENGTH].decode("utf-8", "replace"))
+    def from_body(cls, reason: str, content: bytes, *, secret: str = "") -> ResponseValidationError:
+        """Build one for ``content``, quoting its start, with ``secret`` (the API key a server
+        may echo) masked in both."""
+        snippet = mask(content.decode("utf-8", "replace"), secret)
+        return cls(mask(reason, secret), snippet=snippet[:SNIPPET_LENGTH])
 
 
 class TaskFailedError(VSRError):
@@ -222,17 +225,24 @@ def _json_or_none(response: httpx.Response) -> Any:
         return None
 
 
-_MASK = "[secure]"
+#: What an error quotes instead of the API key.
+MASK = "[secure]"
 
 
-def _masked(value: Any, secret: str) -> Any:
+def mask(text: str, secret: str) -> str:
+    """``text`` with ``secret`` replaced: for what an error or a log line quotes to a person,
+    never for the data a caller gets."""
+    return text.replace(secret, MASK) if secret else text
+
+
+def masked(value: Any, secret: str) -> Any:
     """Parsed JSON ``value`` with ``secret`` replaced in every string, keys included."""
     if isinstance(value, str):
-        return value.replace(secret, _MASK)
+        return mask(value, secret)
     if isinstance(value, list):
-        return [_masked(item, secret) for item in value]
+        return [masked(item, secret) for item in value]
     if isinstance(value, dict):
-        return {_masked(key, secret): _masked(item, secret) for key, item in value.items()}
+        return {masked(key, secret): masked(item, secret) for key, item in value.items()}
     return value
 
 
