@@ -12,7 +12,7 @@ import attrs
 import pytest
 
 from vsr_async import AsyncVSRClient
-from vsr_async.testing import EmulatorServer
+from vsr_async.testing import Emulator, EmulatorServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import httpx
 
     from vsr_async import Transition
-    from vsr_async.testing import Emulator
 
 KEY = "emulator-key"
 
@@ -151,6 +150,13 @@ def _status(code: int, content: bytes) -> str | None:
         return None
     status = data.get("status") if isinstance(data, dict) else None
     return status if isinstance(status, str) else None
+
+
+def request_driven(**options: Any) -> Emulator:
+    """An emulator whose clock counts the requests it has answered: timelines in requests, not
+    seconds, tell the same story on a busy machine as on an idle one."""
+    emulator = Emulator(clock=lambda: float(len(emulator.requests)), **options)
+    return emulator
 
 
 def json_answer(status: int, data: object, *headers: tuple[bytes, bytes]) -> Answer:

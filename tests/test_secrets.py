@@ -22,7 +22,6 @@ from _helpers import DROP, Proxy, json_answer
 from click.testing import CliRunner, Result
 
 import vsr_async._retry
-from vsr_async._config import SNIPPET_LENGTH
 from vsr_async import (
     APIConnectionError,
     APIStatusError,
@@ -40,6 +39,7 @@ from vsr_async import (
     WaitTimeoutError,
 )
 from vsr_async._cli import _app, _demo
+from vsr_async._config import SNIPPET_LENGTH
 from vsr_async.testing import Emulator, EmulatorServer, Faults, Timeline
 
 if TYPE_CHECKING:

@@ -8,7 +8,16 @@ import time
 import anyio
 import httpx
 import pytest
-from _helpers import KEY, Answer, Proxy, json_answer, record_sends, serve, watcher_tasks
+from _helpers import (
+    KEY,
+    Answer,
+    Proxy,
+    json_answer,
+    record_sends,
+    request_driven,
+    serve,
+    watcher_tasks,
+)
 
 import vsr_async._retry
 from vsr_async import (
@@ -82,8 +91,8 @@ async def test_wait_returns_the_failed_task_when_told_not_to_raise() -> None:
 async def test_wait_timeout_carries_the_last_task_seen() -> None:
     """Past `timeout`, wait() raises WaitTimeoutError (also a TimeoutError) carrying the last
     snapshot seen, and stops polling."""
-    emulator = Emulator()
-    task_id = emulator.add_task(STUCK)
+    emulator = request_driven()
+    task_id = emulator.add_task(Timeline(((0.0, "queued"), (1.0, "processing"))))  # in requests
     async with serve(emulator) as client:
         sent = record_sends(client)
         start = time.monotonic()
@@ -97,7 +106,7 @@ async def test_wait_timeout_carries_the_last_task_seen() -> None:
     assert info.value.timeout == 0.4
     assert info.value.task is not None
     assert info.value.task.status is TaskStatus.PROCESSING
-    assert 0.4 <= elapsed < 0.4 + 1.0
+    assert 0.4 <= elapsed < 0.4 + 2.5  # (an honest margin for a busy machine)
     assert all(at <= ended for at in sent)
     assert watcher_tasks() == []
 
@@ -116,7 +125,7 @@ async def test_wait_timeout_is_kept_when_the_server_is_slow() -> None:
         elapsed = time.monotonic() - start
         assert all(c.is_idle() or c.is_closed() for c in transport._pool.connections)
     assert info.value.task is None
-    assert 0.3 <= elapsed < 1.5
+    assert 0.3 <= elapsed < 2.8  # the 3 s answer was not waited for
 
 
 async def test_wait_timeout_none_waits_until_done() -> None:

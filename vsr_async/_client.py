@@ -306,8 +306,8 @@ class AsyncVSRClient:
             interval: Seconds between two polls of one task (with a little jitter), or a
                 `Schedule` that says how long, such as `Stretching` (5 s at first, up to 10 s
                 for a task that keeps one status for long).
-            timeout: Seconds after which a task still running is given up (its last
-                transition carries a `WaitTimeoutError`); ``None`` never gives up.
+            timeout: Seconds after a task's first poll when, still running, it is given up (its
+                last transition carries a `WaitTimeoutError`); ``None`` never gives up.
             max_concurrency: Polls in flight at once; at most (and by default)
                 ``max_connections``.
             keep_open: Keep watching, even with nothing left, until `Watcher.done_adding`.
@@ -315,6 +315,10 @@ class AsyncVSRClient:
         Raises:
             ValueError: An ID or an argument is invalid (before anything is sent).
             RuntimeError: The client is closed.
+
+        Iterating raises `AuthenticationError` or `PermissionDeniedError` for a refused key,
+        and the `APIStatusError` (a `RateLimitError` for a 429) of an answer whose
+        ``Retry-After`` is longer than 60 s: either ends the whole watch.
         """
         self._check_open()
         return Watcher(

@@ -6,6 +6,12 @@ once, report a `Transition` when the status changed, and push the record back. S
 grows by a few hundred bytes per task, and a 429 pauses every poller at once (one shared
 not-before time) instead of each finding out for itself. How long a task waits between polls is
 its `Schedule`'s answer (see ``_schedule.py``), with jitter on top.
+
+A record is due at its next poll or at its deadline, whichever comes first, and the dispatcher
+gives up a task past its deadline whenever it pops it, paused or not: during a pause a due
+record goes back into the heap until the pause ends or its deadline comes. The deadline is
+``timeout`` seconds after the task's first poll, so a task waiting behind thousands of others
+(or behind the rate budget) is never given up unasked.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from ._errors import (
     VSRError,
     WaitTimeoutError,
 )
-from ._retry import asks_to_slow_down, backoff_delay, is_transient
+from ._retry import asks_to_slow_down, backoff_delay, is_transient, retry_delay
 from ._schedule import as_schedule
 from ._validate import check_count, check_seconds, check_task_id
 
@@ -129,8 +135,9 @@ class _Watched:
     """One watched task: all a watch keeps per ID."""
 
     task_id: str
-    deadline: float
     since: float  # when its current status was first seen (or it was added): the schedule's 0
+    deadline: float = math.inf  # set at its first poll
+    polled: bool = False
     task: Task | None = None
     failures: int = 0  # consecutive transient failures
     malformed: int = 0  # consecutive unreadable answers
@@ -262,7 +269,7 @@ class Watcher:
             raise RuntimeError("this watch has ended; add() needs a running watch")
         if task_id not in self._watched:
             now = anyio.current_time()
-            entry = _Watched(task_id, deadline=now + self._timeout, since=now)
+            entry = _Watched(task_id, since=now)
             self._watched[task_id] = entry
             self._schedule(entry, now)
 
@@ -303,24 +310,20 @@ class Watcher:
                     await self._wait_changed()
                     continue
                 now = anyio.current_time()
-                if self._due:
-                    due, _, entry = self._due[0]
-                    start = max(due, self._not_before)
-                    if start <= now:
-                        heapq.heappop(self._due)
-                        if now >= entry.deadline:
-                            error = WaitTimeoutError(entry.task_id, self._timeout, entry.task)
-                            transition = Transition(
-                                entry.task_id, _status(entry), entry.task, error
-                            )
-                            await self._end(entry, send, transition)
-                        else:
-                            await jobs.send(entry)
-                        continue
+                due = self._due[0][0] if self._due else math.inf
+                if due > now:
+                    with anyio.move_on_after(due - now):
+                        await self._wait_changed()
+                    continue
+                entry = heapq.heappop(self._due)[2]
+                if now >= entry.deadline:
+                    error = WaitTimeoutError(entry.task_id, self._timeout, entry.task)
+                    transition = Transition(entry.task_id, _status(entry), entry.task, error)
+                    await self._end(entry, send, transition)
+                elif now < self._not_before:  # paused: due again when it ends (or at the deadline)
+                    self._schedule(entry, self._not_before)
                 else:
-                    start = math.inf
-                with anyio.move_on_after(start - now):
-                    await self._wait_changed()
+                    await jobs.send(entry)
 
     async def _work(
         self,
@@ -346,6 +349,9 @@ class Watcher:
     async def _poll(
         self, entry: _Watched, send: MemoryObjectSendStream[Transition | Exception | None]
     ) -> None:
+        if not entry.polled:  # the timeout counts from here
+            entry.polled = True
+            entry.deadline = anyio.current_time() + self._timeout
         try:
             task = await self._send_poll(entry.task_id)
         except (AuthenticationError, PermissionDeniedError):
@@ -396,16 +402,18 @@ class Watcher:
         return interval * random.uniform(1 - JITTER, 1 + JITTER)
 
     def _retry_later(self, entry: _Watched, exc: VSRError) -> None:
+        """Schedule a poll that failed with a transient ``exc`` again; a ``Retry-After`` past
+        `MAX_RETRY_AFTER` raises ``exc``, which ends the watch (as it would fail `get_task`)."""
         now = anyio.current_time()
         self._retries += 1
         self._rate_limited += isinstance(exc, RateLimitError)
-        retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
+        delay = retry_delay(exc, entry.failures)
         if asks_to_slow_down(exc):
             # The server asked us to slow down: every poller waits, and longer each time.
             self._throttled += 1
+            retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
             pause = retry_after if retry_after is not None else backoff_delay(self._throttled)
             self._not_before = max(self._not_before, now + pause)
-        delay = retry_after if retry_after is not None else backoff_delay(entry.failures)
         entry.failures += 1
         if entry.failures == WARN_AFTER_FAILURES and now >= self._warned_at + WARN_EVERY:
             # Debug lines are for one failure; a task failing again and again is worth a word
