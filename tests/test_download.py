@@ -7,10 +7,13 @@ expiring URLs and cut-off bodies); small ASGI apps play the storage hosts that m
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gzip
 import hashlib
+import os
 import string
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -798,3 +801,199 @@ async def test_a_raising_progress_callback_stops_the_download_cleanly(tmp_path: 
         with pytest.raises(KeyError, match="stop"):
             await client.download(task_id, tmp_path / "out.mp4", progress=explode)
     assert not (tmp_path / "out.mp4").exists()
+
+
+# -- destinations ending with a separator, whole 206s, filesystems without hard links, secrets
+
+
+async def test_a_dest_ending_with_a_separator_is_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``"out/"`` names a directory, created with its parents once the result is known to exist,
+    and the file is saved in it as ``<id>.mp4``: never as a file named ``out``."""
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    running = emulator.add_task(Timeline([(0, "queued"), (60, "completed")]))
+    monkeypatch.chdir(tmp_path)
+    async with api(emulator) as (client, _):
+        with pytest.raises(ResultNotReadyError):
+            await client.download(running, "later/")
+        relative = await client.download(task_id, "out/")
+        nested = await client.download(task_id, f"{tmp_path}{os.sep}a{os.sep}b{os.sep}")
+    assert not (tmp_path / "later").exists()
+    assert relative == Path("out", f"{task_id}.mp4")
+    assert nested == tmp_path / "a" / "b" / f"{task_id}.mp4"
+    for path in (tmp_path / relative, nested):
+        assert path.read_bytes() == emulator.video_bytes(task_id)
+        assert list(path.parent.iterdir()) == [path]
+
+
+async def test_a_dest_without_a_separator_needs_its_directory(tmp_path: Path) -> None:
+    """Without a trailing separator ``dest`` is a file: its missing directory is not created,
+    but named in a `FileNotFoundError`, before any download."""
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    async with api(emulator) as (client, _):
+        with pytest.raises(FileNotFoundError, match="missing is not a directory"):
+            await client.download(task_id, f"{tmp_path}/missing/out")
+    assert list(tmp_path.iterdir()) == []
+    assert files(emulator) == []
+
+
+WHOLE_206 = [
+    (b"content-range", b"bytes 0-14/15"),
+    (b"content-length", b"15"),
+    (b"etag", b'"v1"'),
+]
+
+
+@pytest.mark.parametrize(
+    "part", [None, b"untrusted", b"0123456789"], ids=["fresh", "no-validator", "resumed"]
+)
+async def test_a_206_of_the_whole_file_is_the_whole_file(
+    tmp_path: Path, part: bytes | None
+) -> None:
+    """``206`` with ``bytes 0-14/15``, as some CDNs answer even a request without ``Range``,
+    is the whole file: saved as it is (a part on disk is replaced, never spliced), size 15."""
+    if part is not None:
+        (tmp_path / "x.mp4.part").write_bytes(part)
+    if part == b"0123456789":  # a validated part: the request asks for the rest
+        (tmp_path / "x.mp4.part.etag").write_text('"v1"')
+    seen: list[tuple[int, int | None]] = []
+    async with (
+        EmulatorServer(answering(206, WHOLE_206, b"ABCDEFGHIJKLMNO")) as server,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=server.url) as client,
+    ):
+        url = f"{server.url}/x.mp4"
+        path = await client.download(url, tmp_path, progress=lambda *a: seen.append(a))
+    assert path.read_bytes() == b"ABCDEFGHIJKLMNO"
+    assert seen[-1] == (15, 15)
+    assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize(
+    "content_range",
+    [b"bytes 0-4/15", b"bytes 0-4/*", b"bytes 5-9/15", None],
+    ids=["first-bytes", "unknown-size", "middle", "no-content-range"],
+)
+async def test_a_206_of_a_part_when_all_was_asked_is_refused(
+    tmp_path: Path, content_range: bytes | None
+) -> None:
+    """A ``206`` that is not the whole file, to a request without ``Range``, would make a
+    file of a fragment: a `DownloadError` saying so (without the URL's query), and no file."""
+    headers = [(b"content-length", b"5")]
+    if content_range is not None:
+        headers.append((b"content-range", content_range))
+    async with (
+        EmulatorServer(answering(206, headers, b"video")) as server,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=server.url) as client,
+    ):
+        with pytest.raises(DownloadError, match=r"part of the file .* asked for all") as refused:
+            await client.download(f"{server.url}/x.mp4?sig=SECRET", tmp_path / "x.mp4")
+    assert "SECRET" not in str(refused.value)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def without_hard_links(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """Make ``os.link`` fail with ``code``, as it does where the filesystem has no hard links."""
+
+    def link(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", link)
+
+
+@pytest.mark.parametrize(
+    "code", [errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS], ids=errno.errorcode.__getitem__
+)
+async def test_without_hard_links_the_file_still_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """Where ``link()`` fails for want of hard links (FAT, SMB, FUSE), the part is still
+    renamed into place, whole, and nothing is left beside it."""
+    without_hard_links(monkeypatch, code)
+    emulator = Emulator(timeline=DONE, video_size=SIZE)
+    task_id = emulator.add_task()
+    async with api(emulator) as (client, _):
+        path = await client.download(task_id, tmp_path / "out.mp4")
+    assert path.read_bytes() == emulator.video_bytes(task_id)
+    assert list(tmp_path.iterdir()) == [path]
+
+
+async def test_without_hard_links_a_file_appearing_is_still_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without hard links too, a file created at the destination during the download is not
+    replaced: `FileExistsError`, and the result stays in the part."""
+    without_hard_links(monkeypatch, errno.EPERM)
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    target = tmp_path / "out.mp4"
+
+    def appear(done: int, total: int | None) -> None:
+        if done == total and not target.exists():
+            target.write_bytes(b"someone else's")
+
+    async with api(emulator) as (client, _):
+        with pytest.raises(FileExistsError, match="appeared during the download"):
+            await client.download(task_id, target, progress=appear)
+    assert target.read_bytes() == b"someone else's"
+    assert (tmp_path / "out.mp4.part").read_bytes() == emulator.video_bytes(task_id)
+
+
+async def test_other_link_failures_are_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``link()`` failure that does not mean "no hard links here" (an I/O error) is raised as
+    it is, and leaves the part and no file."""
+    without_hard_links(monkeypatch, errno.EIO)
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    async with api(emulator) as (client, _):
+        with pytest.raises(OSError, match="Input/output") as failed:
+            await client.download(task_id, tmp_path / "out.mp4")
+    assert failed.value.errno == errno.EIO
+    assert not (tmp_path / "out.mp4").exists()
+    assert (tmp_path / "out.mp4.part").read_bytes() == emulator.video_bytes(task_id)
+
+
+def told(exc: BaseException) -> str:
+    """Everything a traceback of ``exc`` shows, its chain included."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://cdn.example/x.mp4?X-Amz-Signature=SECRET",
+        "https://cdn.example/x.mp4?X-Amz-Signature=SE CRET",
+        "https://cdn.example:99999/x.mp4?X-Amz-Signature=SECRET",
+    ],
+    ids=["scheme", "space-in-query", "port"],
+)
+async def test_a_refused_result_url_is_quoted_without_its_query(tmp_path: Path, url: str) -> None:
+    """A refused ``video_url`` (`DownloadError`) or URL given to ``download`` (`ValueError`):
+    the message and its chain name the URL without its query, where the signature is."""
+    task = Task(id="task_1", status="completed", video_url=url)
+    async with AsyncVSRClient(KEY, base_url="http://127.0.0.1:9") as client:
+        with pytest.raises(DownloadError, match="refuse") as from_task:
+            await client.download(task, tmp_path)
+        with pytest.raises(ValueError, match=r"cdn\.example") as given:
+            await client.download(url, tmp_path)
+    for refused in (from_task.value, given.value):
+        assert "cdn.example" in str(refused)
+        assert "CRET" not in told(refused)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_refused_redirect_is_quoted_without_its_query(tmp_path: Path) -> None:
+    """A redirect to a refused URL names it without its query, where the signature is."""
+    to_ftp = redirecting_to(lambda _: "ftp://cdn.example/x.mp4?X-Amz-Signature=SECRET")
+    async with (
+        EmulatorServer(to_ftp) as server,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=server.url) as client,
+    ):
+        with pytest.raises(DownloadError, match="refused URL") as refused:
+            await client.download(f"{server.url}/x.mp4", tmp_path)
+    assert "ftp://cdn.example/x.mp4" in str(refused.value)
+    assert "SECRET" not in told(refused.value)

@@ -349,9 +349,11 @@ class AsyncVSRClient:
         Args:
             source: A `Task`, a task ID (queried first) or a result URL. A URL that expired is
                 fetched afresh once, by querying the task again, unless only the URL was given.
-            dest: A file path, or an existing directory: the file is then named after the task
-                ID (or the URL's last segment) with the URL's extension, reduced to
-                ``[A-Za-z0-9._-]`` so it stays inside the directory.
+            dest: A file path (its directory must exist), an existing directory, or a string
+                ending with a separator (``"out/"``): a directory, created with its parents if
+                need be. In a directory the file is named after the task ID (or the URL's last
+                segment) with the URL's extension, reduced to ``[A-Za-z0-9._-]`` so it stays
+                inside the directory.
             overwrite: Replace an existing file instead of raising `FileExistsError`.
             progress: Called as ``progress(bytes_done, bytes_total)`` as the file grows; the
                 total is ``None`` when the server does not send one.
@@ -361,7 +363,8 @@ class AsyncVSRClient:
             ResultNotReadyError: The task is still queued or processing.
             TaskFailedError: The task failed: it has no result.
             ResultExpiredError: The result URL was refused (403, 404, 410), even afresh.
-            DownloadError: The transfer kept breaking off, or was redirected somewhere refused.
+            DownloadError: The transfer kept breaking off, was redirected somewhere refused, or
+                the server sent only part of the file when asked for all of it.
             VSRError: Any other failure, after retries.
         """
         self._check_open()

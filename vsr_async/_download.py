@@ -55,6 +55,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _DEFAULT_EXTENSION = ".mp4"  # the API makes videos
+#: What ``link(2)`` answers where the filesystem has no hard links: EPERM on Linux FAT and exFAT
+#: (the VFS, for a filesystem without a link operation), ENOSYS from FUSE filesystems without
+#: one (sshfs without its hardlink extension) and from Linux CIFS without one, EOPNOTSUPP when
+#: an SMB server refuses, ENOTSUP on macOS (xnu's default for a missing operation). Not EXDEV or
+#: EMLINK: the part lies beside the destination, and has one link.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+#: Windows says ERROR_INVALID_FUNCTION (FAT, exFAT) or ERROR_NOT_SUPPORTED: Python makes both
+#: EINVAL, too vague to go by, so they are told by ``winerror``.
+_NO_HARD_LINKS_WINDOWS = frozenset({1, 50})
 
 #: Part files being written by this process: two downloads into one file would interleave.
 _active: set[Path] = set()
@@ -70,7 +79,7 @@ async def download(
 ) -> Path:
     """`AsyncVSRClient.download`, which documents it."""
     task_id, url = await _resolve(client, source)
-    path = await anyio.to_thread.run_sync(destination, Path(dest), task_id, url)
+    path = await anyio.to_thread.run_sync(_target, os.fspath(dest), task_id, url)
     if not overwrite and await anyio.Path(path).exists():
         raise _exists(path, "pass overwrite=True to replace it")
     part = Path(await anyio.Path(path.with_name(path.name + ".part")).absolute())
@@ -88,7 +97,7 @@ async def download(
 async def _resolve(client: AsyncVSRClient, source: Task | str) -> tuple[str | None, str]:
     """The task ID (``None`` for a bare URL) and the result URL to fetch."""
     if isinstance(source, str) and _URL.match(source):
-        return None, str(check_http_url("result URL", source))
+        return None, _checked("result URL", source)
     if isinstance(source, str):
         source = await client.get_task(check_task_id(source))
     if not isinstance(source, Task):
@@ -103,9 +112,27 @@ def result_url(task: Task) -> str:
     if task.status is not TaskStatus.COMPLETED or task.video_url is None:
         raise ResultNotReadyError(task)
     try:
-        return str(check_http_url("video_url", task.video_url))
+        return _checked("video_url", task.video_url)
     except ValueError as exc:  # the server's doing, not the caller's
         raise DownloadError(f"task {task.id!r} has a result URL we refuse: {exc}") from None
+
+
+def _checked(name: str, url: str) -> str:
+    """``url`` if it is an http(s) URL; else a `ValueError` quoting it without its query."""
+    try:
+        return str(check_http_url(name, url))
+    except ValueError:  # its message quotes the signature: not raised, nor kept as a context
+        pass
+    check_http_url(name, _shown(url))  # refused without its query too: that message will do
+    raise ValueError(f"{name} {_shown(url)!r} is not a URL: its query is malformed")
+
+
+def _target(dest: str, task_id: str | None, url: str) -> Path:
+    """`destination`, once ``dest`` ending with a separator is made a directory (`Path` would
+    drop the separator, and ``out/`` become a file named ``out``)."""
+    if dest.endswith((os.sep, "/")):
+        Path(dest).mkdir(parents=True, exist_ok=True)
+    return destination(Path(dest), task_id, url)
 
 
 def destination(dest: Path, task_id: str | None, url: str) -> Path:
@@ -219,7 +246,7 @@ class _Transfer:
             await response.aclose()
             location = response.headers["location"]
             try:
-                url = str(check_http_url("redirect", str(response.url.join(location))))
+                url = _checked("redirect", str(response.url.join(location)))
             except ValueError as exc:
                 raise DownloadError(
                     f"{_shown(self.url)} redirected to a refused URL: {exc}"
@@ -252,18 +279,27 @@ class _Transfer:
         self.encoded = response.headers.get("content-encoding", "identity") != "identity"
         if self.encoded:
             etag = None  # decoded bytes cannot be resumed by a range of encoded ones
-        if response.status_code == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
-            if match is None or int(match[1]) != self.done:
-                raise DownloadError(f"{_shown(self.url)} sent a range we did not ask for")
-            if etag is None or etag != self.etag:  # a server ignoring If-Range: the file changed
-                await anyio.to_thread.run_sync(self._restart)
-                return False
-            self.total = int(match[3]) if match[3] != "*" else None
-        else:
+        content_range = response.headers.get("content-range", "")
+        match = _CONTENT_RANGE.fullmatch(content_range)
+        if response.status_code == 200 or _is_whole(match):
+            # All of it: a 200, or a 206 of the whole file (some CDNs send one even unasked).
             await anyio.to_thread.run_sync(self._restart)
             length = response.headers.get("content-length")
+            if response.status_code == 206 and match:
+                length = match[3]
             self.total = int(length) if length and length.isdigit() else None
+        elif "range" not in response.request.headers:  # a part, and nothing to append it to
+            raise DownloadError(
+                f"{_shown(self.url)} sent a part of the file ({content_range[:80]!r}) "
+                "when asked for all of it"
+            )
+        elif match is None or int(match[1]) != self.done:
+            raise DownloadError(f"{_shown(self.url)} sent a range we did not ask for")
+        elif etag is None or etag != self.etag:  # a server ignoring If-Range: the file changed
+            await anyio.to_thread.run_sync(self._restart)
+            return False
+        else:
+            self.total = int(match[3]) if match[3] != "*" else None
         if self.encoded:
             self.total = None  # the length is of the encoded bytes
         if etag != self.etag:
@@ -356,6 +392,13 @@ def _append(file: BinaryIO, data: bytes, offset: int) -> None:
         os.posix_fadvise(file.fileno(), offset, len(data), os.POSIX_FADV_DONTNEED)
 
 
+def _is_whole(match: re.Match[str] | None) -> bool:
+    """Whether a ``Content-Range`` (matched by `_CONTENT_RANGE`) covers the whole file."""
+    if match is None or match[3] == "*":
+        return False
+    return int(match[1]) == 0 and int(match[2]) + 1 == int(match[3])
+
+
 def _publish(part: Path, path: Path, overwrite: bool) -> None:
     """fsync the part, then rename it into place (refusing to replace a file that appeared)."""
     with part.open("rb+") as file:
@@ -364,12 +407,11 @@ def _publish(part: Path, path: Path, overwrite: bool) -> None:
         part.replace(path)
     else:
         try:
-            os.link(part, path)  # fails, atomically, if a file appeared there meanwhile
+            _rename_new(part, path)
         except FileExistsError:
             raise _exists(
                 path, f"it appeared during the download; the result is in {part}"
             ) from None
-        part.unlink()
     part.with_name(part.name + ".etag").unlink(missing_ok=True)
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
         directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -377,6 +419,29 @@ def _publish(part: Path, path: Path, overwrite: bool) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _rename_new(part: Path, path: Path) -> None:
+    """Rename ``part`` to ``path``, or raise `FileExistsError` (keeping ``part``) if it exists."""
+    try:
+        os.link(part, path)  # fails, atomically, if a file appeared there meanwhile
+    except OSError as exc:
+        windows_error = getattr(exc, "winerror", None)
+        if exc.errno not in _NO_HARD_LINKS and windows_error not in _NO_HARD_LINKS_WINDOWS:
+            raise
+        # No hard links here. Take the name with an empty file, created only if there is none
+        # (so this fails like the link if a file appeared), then rename the part over it. Left
+        # open: a process deleting that empty file and writing its own in the instant before
+        # the rename loses it; a crash in that instant leaves the empty file (FAT, with no
+        # journal, keeps no promise across a crash anyway).
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        try:
+            part.replace(path)
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
+    else:
+        part.unlink()
 
 
 def _exists(path: Path, advice: str) -> FileExistsError:
