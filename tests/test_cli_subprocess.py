@@ -1,8 +1,10 @@
 """The command line as a real process against the emulator on a loopback port: exit codes,
-plain output off a terminal, Ctrl-C, and resuming after SIGINT or SIGKILL mid-watch."""
+plain output off a terminal, Ctrl-C and SIGTERM (one or two of them), and resuming after SIGINT,
+SIGTERM or SIGKILL mid-watch."""
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import subprocess
@@ -14,8 +16,10 @@ import pytest
 from _cli_helpers import (
     CLI,
     CONTROL,
+    SlowFiles,
     add_tasks,
     cli_env,
+    file_requests,
     readable_records,
     records,
     run_cli,
@@ -26,8 +30,10 @@ from vsr_async import AsyncVSRClient
 from vsr_async.testing import Emulator, EmulatorServer, Faults
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
+
+    from anyio.abc import ByteReceiveStream, Process
 
 
 pytestmark = [
@@ -37,6 +43,12 @@ pytestmark = [
 
 #: Ten tasks; one fails.
 OUTCOMES = "cccfcccccc"
+MODEL = "superResolution-720p-lowfps"
+#: What stops a run cleanly: Ctrl-C, and what `docker stop`, systemd and Kubernetes send.
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
+STOP_IDS = ["SIGINT", "SIGTERM"]
+#: How the summary names each signal.
+SAID = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 class Clock:
@@ -82,6 +94,7 @@ async def test_python_m_vsr_async_is_the_cli() -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: vsr-async [OPTIONS] COMMAND [ARGS]...")
     assert "130  interrupted" in result.stdout
+    assert "143  stopped by SIGTERM" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -141,12 +154,13 @@ def _check_every_task_ended_once(ids: list[str], results: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-async def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
-    emulator, clock, base_url, tmp_path, backend: str
+@pytest.mark.parametrize("stop", STOP_SIGNALS, ids=STOP_IDS)
+async def test_a_signal_stops_a_watch_cleanly_and_a_rerun_resumes(
+    emulator, clock, base_url, tmp_path, *, backend: str, stop: signal.Signals
 ) -> None:
-    """SIGINT mid-watch: the summary so far, a hint to resume, exit 130, every line flushed.
-    Running the same command again watches only what had not ended, and the file ends with
-    every task terminal exactly once."""
+    """SIGINT (Ctrl-C) or SIGTERM (`docker stop`, systemd) mid-watch: the summary so far, a hint
+    to resume, exit 130 or 143, every line flushed. Running the same command again watches only
+    what had not ended, and the file ends with every task terminal exactly once."""
     ids = add_tasks(emulator, OUTCOMES, first=1.0, step=1.0)  # task i ends at i + 1
     results = tmp_path / "results.jsonl"
     args = ["watch", "--interval", "0.05", "--jsonl", str(results), "--backend", backend, *ids]
@@ -154,8 +168,8 @@ async def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
 
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(_end_the_first, 3, clock, results, ids)
-        first = await run_cli(args, env, until=_ended(results, 3))
-    assert first.returncode == 130, first.stderr
+        first = await run_cli(args, env, until=_ended(results, 3), then=stop)
+    assert first.returncode == 128 + stop, first.stderr
     assert "Interrupted after " in first.stdout
     assert "3 of 10 tasks ended: 3 completed, 7 not finished" in first.stdout
     assert "To resume: run the same command again" in first.stderr
@@ -272,3 +286,181 @@ async def test_ctrl_c_during_a_create_still_records_the_billed_task(
     assert len(emulator.task_ids) == 1
     assert [record["task_id"] for record in records(results)] == emulator.task_ids
     assert finished.stdout.split() == emulator.task_ids
+
+
+class _HeldCreates(Emulator):
+    """The emulator, answering the first ``free`` creates at once and holding the others in
+    flight until the test sets `release`; it counts creates as they arrive."""
+
+    def __init__(self, *, free: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.free = free
+        self.creates_arrived = 0
+        self.release = anyio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            self.creates_arrived += 1
+            if self.creates_arrived > self.free:
+                await self.release.wait()
+        await super().__call__(scope, receive, send)
+
+
+class _Steered:
+    """A CLI process that a test steers: it waits for conditions, sends signals, and reads
+    what the process printed so far."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self.out, self.err = bytearray(), bytearray()
+
+    @property
+    def stdout(self) -> str:
+        return self.out.decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.decode(errors="replace")
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds; fail if the process ended first."""
+        while not condition():
+            assert self.process.returncode is None, f"ended first:\n{self.stderr}"
+            await anyio.sleep(0.02)
+
+    def send(self, signum: signal.Signals) -> None:
+        self.process.send_signal(signum)
+
+
+async def _drain(stream: ByteReceiveStream | None, into: bytearray) -> None:
+    assert stream is not None
+    async for chunk in stream:
+        into.extend(chunk)
+
+
+@contextlib.asynccontextmanager
+async def _steer(args: list[str], env: dict[str, str]) -> AsyncIterator[_Steered]:
+    """Run the CLI while the block steers it; leaving the block waits for the process to end
+    (or kills it, if the block failed)."""
+    with anyio.fail_after(60):
+        async with (
+            await anyio.open_process([*CLI, *args], env=env, stdin=subprocess.DEVNULL) as process,
+            anyio.create_task_group() as task_group,
+        ):
+            steered = _Steered(process)
+            task_group.start_soon(_drain, process.stdout, steered.out)
+            task_group.start_soon(_drain, process.stderr, steered.err)
+            try:
+                yield steered
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):  # it may have ended already
+                    process.kill()
+                raise
+            await process.wait()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    ("stop", "watch"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+    ids=["SIGINT", "SIGTERM", "SIGTERM --watch"],
+)
+async def test_a_signal_mid_create_records_every_billed_task(
+    tmp_path: Path, backend: str, stop: signal.Signals, *, watch: bool
+) -> None:
+    """SIGTERM (`docker stop`, systemd, Kubernetes) stops `create` as Ctrl-C does: it waits for
+    the answers to the creates in flight, so every task the server created (and billed) is on
+    stdout and in --jsonl, sends no other create, and prints the summary and a hint to resume;
+    exit 143 (130 for Ctrl-C)."""
+    emulator = _HeldCreates(seed=13, free=2)
+    results = tmp_path / "created.jsonl"
+    urls = [f"https://example.com/{index}.mp4" for index in range(10)]
+    args = ["create", "-m", MODEL, "--concurrency", "3", "--jsonl", str(results)]
+    args += ["--backend", backend, *(["--watch"] if watch else []), *urls]
+    async with EmulatorServer(emulator) as server, _steer(args, cli_env(server.base_url)) as cli:
+        await cli.wait_until(lambda: emulator.creates_arrived >= 5)  # 2 answered, 3 held
+        cli.send(stop)
+        await cli.wait_until(lambda: "waiting for the answers to 3 creates" in cli.stderr)
+        emulator.release.set()
+    assert cli.returncode == 128 + stop, cli.stderr
+    assert emulator.creates_arrived == 5
+    created = sorted(emulator.task_ids)
+    assert len(created) == 5
+    assert sorted({record["task_id"] for record in records(results)}) == created
+    if watch:
+        lines = cli.stdout.splitlines()
+        assert sorted(line.split()[1] for line in lines if "  created from " in line) == created
+        assert "Interrupted after " in cli.stdout
+        assert " of 5 tasks ended" in cli.stdout
+    else:
+        assert sorted(cli.stdout.split()) == created
+        assert f"Created 5 tasks before {SAID[stop]}." in cli.stderr
+    assert f"To resume: vsr-async watch --jsonl {results}" in cli.stderr
+    assert "Traceback" not in cli.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (signal.SIGINT, signal.SIGINT),
+        (signal.SIGTERM, signal.SIGTERM),
+        (signal.SIGTERM, signal.SIGINT),
+    ],
+    ids=["Ctrl-C twice", "SIGTERM twice", "SIGTERM then Ctrl-C"],
+)
+async def test_a_second_signal_gives_up_the_creates_in_flight_and_prints_the_summary(
+    tmp_path: Path, backend: str, first: signal.Signals, second: signal.Signals
+) -> None:
+    """A second signal while the clean stop waits for creates stops at once, as a second
+    Ctrl-C always did, but the summary is still printed, with the video URLs of the creates
+    given up (the server may have billed them); the exit code is the first signal's."""
+    emulator = _HeldCreates(seed=14, free=1)
+    results = tmp_path / "created.jsonl"
+    urls = [f"https://example.com/{index}.mp4" for index in range(5)]
+    args = ["create", "-m", MODEL, "--concurrency", "2", "--jsonl", str(results)]
+    args += ["--backend", backend, *urls]
+    async with EmulatorServer(emulator) as server, _steer(args, cli_env(server.base_url)) as cli:
+        await cli.wait_until(lambda: emulator.creates_arrived >= 3)  # 1 answered, 2 held
+        cli.send(first)
+        await cli.wait_until(lambda: "waiting for the answers to 2 creates" in cli.stderr)
+        cli.send(second)
+    assert cli.returncode == 128 + first, cli.stderr
+    assert emulator.creates_arrived == 3
+    (task_id,) = emulator.task_ids
+    assert cli.stdout.split() == [task_id]
+    assert [record["task_id"] for record in records(results)] == [task_id]
+    assert f"Created 1 tasks before {SAID[first]}." in cli.stderr
+    assert "Warning: stopped without the answers to 2 creates" in cli.stderr
+    given_up = [line.strip() for line in cli.stderr.splitlines() if line.startswith("  ")]
+    assert len(set(given_up)) == 2  # the two held, of the first three sent
+    assert set(given_up) <= set(urls[:3])
+    assert f"To resume: vsr-async watch --jsonl {results}" in cli.stderr
+    assert "Interrupted." not in cli.stderr  # no KeyboardInterrupt
+    assert "Traceback" not in cli.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_sigterm_mid_download_stops_cleanly(tmp_path: Path, backend: str) -> None:
+    """SIGTERM while a file downloads stops `download` as Ctrl-C does: the summary, the hint
+    to resume, exit 143."""
+    emulator = SlowFiles(seed=21)
+    emulator.pause = 3600  # the file's body never comes: the download is in flight until then
+    (task_id,) = add_tasks(emulator, "c", first=0)
+    args = ["download", "-o", str(tmp_path / "out"), "--backend", backend, task_id]
+    async with EmulatorServer(emulator) as server:
+        finished = await run_cli(
+            args,
+            cli_env(server.base_url),
+            until=lambda: bool(file_requests(emulator, task_id)),
+            then=signal.SIGTERM,
+        )
+    assert finished.returncode == 143, finished.stderr
+    assert finished.stdout == ""
+    assert "Interrupted: 0 downloaded (0 bytes), 1 not finished; 1 tasks" in finished.stderr
+    assert "To resume: run the same command again" in finished.stderr
+    assert "Traceback" not in finished.stderr

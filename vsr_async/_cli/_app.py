@@ -307,7 +307,7 @@ def download(
             printer=printer,
         ),
     )
-    printer.summary(interrupted=outcome.interrupted)
+    printer.summary(interrupted=outcome.interrupted is not None)
     _report_fatal(outcome.fatal)
     if outcome.interrupted:
         click.echo("To resume: run the same command again", err=True)

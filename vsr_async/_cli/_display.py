@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ._tally import DOWNLOADED, GAVE_UP, WAITING, printable
+from ._tally import DOWNLOADED, GAVE_UP, WAITING, printable, signal_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -389,7 +389,7 @@ class CreatedIds(PlainDisplay):
         """Count what was created, on stderr."""
         tally = self._tally
         failed = f"; {len(tally.create_failures)} failed" if tally.create_failures else ""
-        stopped = " before Ctrl-C" if tally.interrupted else ""
+        stopped = "" if tally.interrupted is None else f" before {signal_name(tally.interrupted)}"
         click.echo(f"Created {tally.total} tasks{stopped}{failed}.", err=True)
 
 

@@ -36,7 +36,9 @@ Exit codes:
   1    some task failed, was given up, or could not be created, queried or downloaded
   2    usage or configuration error: a bad flag, no API key, an invalid ID
   3    the API refused the key (401 or 403)
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C, SIGINT): creates in flight are answered and recorded, the
+       summary so far is printed; a second Ctrl-C or SIGTERM stops without waiting for them
+  143  stopped by SIGTERM (docker stop, systemd, Kubernetes): the same clean stop as 130"""
 
 
 class ConfigError(click.ClickException):
@@ -60,8 +62,8 @@ def seconds(*, finite: bool) -> Callable[[click.Context, click.Parameter, float 
 
 
 def exits(command: F) -> F:
-    """Make a command's returned int its exit code, Ctrl-C outside a batch exit 130, and a
-    reader that went away (``| head``) a quiet exit 1, as click does."""
+    """Make a command's returned int its exit code, Ctrl-C outside a batch (or a third one in
+    it) exit 130, and a reader that went away (``| head``) a quiet exit 1, as click does."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> None:

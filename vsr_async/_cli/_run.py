@@ -1,5 +1,5 @@
 """Running a batch: create, watch, query and download concurrently, record results, stop cleanly
-on Ctrl-C."""
+on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 import attrs
+import click
 
 from vsr_async import TaskStatus, Transition, VSRError
 
@@ -41,33 +42,55 @@ class Pace:
     concurrency: int
 
 
+#: The signals that stop a run cleanly: Ctrl-C, and what `docker stop`, systemd and Kubernetes send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 async def run_until_interrupted(
     work: Callable[[TaskGroup], Awaitable[None]],
     *,
-    signals: Sequence[signal.Signals] = (signal.SIGINT,),
-) -> bool:
-    """Run ``work`` in a task group that the first of ``signals`` cancels.
+    signals: Sequence[signal.Signals] = STOP_SIGNALS,
+    stopping: Callable[[], None] | None = None,
+    hurry: Callable[[], None] | None = None,
+) -> signal.Signals | None:
+    """Run ``work`` in a task group that the first of ``signals`` cancels: a clean stop.
 
-    ``work`` gets the task group, to start helpers in it and to cancel it. Returns whether a
-    signal stopped it. A second Ctrl-C, during the clean stop, raises `KeyboardInterrupt`.
+    ``work`` gets the task group, to start helpers in it and to cancel it. ``stopping`` is
+    called at the first signal; at a second one, during the clean stop, ``hurry`` is (to give up
+    what the clean stop waits for), and the signals get their default handling back. Returns the
+    signal that stopped the run, if one did.
     """
-    interrupted = False
+    stopped_by: signal.Signals | None = None
 
-    async def listen(scope: anyio.CancelScope) -> None:
-        nonlocal interrupted
+    async def listen(
+        scope: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        nonlocal stopped_by
         with anyio.open_signal_receiver(*signals) as received:
-            async for _ in received:
-                interrupted = True
+            task_status.started()
+            async for signum in received:
+                if stopped_by is not None:
+                    if hurry is not None:
+                        hurry()
+                    return
+                stopped_by = signum
                 scope.cancel()
-                return
+                if stopping is not None:
+                    stopping()
 
-    async with anyio.create_task_group() as task_group:
-        # Signal handlers can only be set from the main thread (and not by asyncio on Windows).
-        if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
-            task_group.start_soon(listen, task_group.cancel_scope)
-        await work(task_group)
-        task_group.cancel_scope.cancel()
-    return interrupted
+    async with anyio.create_task_group() as listening:
+        with anyio.CancelScope() as working:
+            # Signal handlers can only be set from the main thread (and not by asyncio on
+            # Windows). They are in place before any work starts: a create is never sent unheard.
+            if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
+                await listening.start(listen, working)
+            async with anyio.create_task_group() as task_group:
+                await work(task_group)
+                task_group.cancel_scope.cancel()
+        listening.cancel_scope.cancel()
+    return stopped_by
 
 
 async def run_batch(
@@ -84,13 +107,15 @@ async def run_batch(
     to_download: Iterable[str] = (),
     download_concurrency: int = 1,
 ) -> None:
-    """Create tasks from ``creates`` and watch them and ``ids`` until all end, or Ctrl-C.
+    """Create tasks from ``creates`` and watch them and ``ids`` until all end, or a signal.
 
     Everything that happens goes to ``tally``, ``display`` and ``results``; a refused key
     stops the batch with ``tally.fatal`` set. ``after_creates`` is called once every create
     has been answered. With ``tally.saving``, each task's result is downloaded as soon as it
     completes, ``download_concurrency`` at a time, and so are those of ``to_download`` (IDs of
-    tasks that completed earlier). The summary is shown last, however the batch ended.
+    tasks that completed earlier). A signal stops the batch once every create in flight is
+    answered and recorded; a second one gives those up (``tally.abandoned``). The summary is shown
+    last, however the batch ended.
     """
     slots = anyio.CapacityLimiter(download_concurrency)
     batch = _Batch(client, tally, display, results, pace, slots)
@@ -109,8 +134,19 @@ async def run_batch(
                 await batch.create_all(creates, None)
 
     with display:
-        tally.interrupted = await run_until_interrupted(work)
+        tally.interrupted = await run_until_interrupted(
+            work, stopping=batch.stopping, hurry=batch.hurry
+        )
     display.summary()
+    if tally.abandoned:
+        click.echo(
+            f"Warning: stopped without the answers to {len(tally.abandoned)} creates: the "
+            "server may have created (and billed) their tasks, whose IDs are recorded nowhere. "
+            "Their video URLs:",
+            err=True,
+        )
+        for video_url in tally.abandoned:
+            click.echo(f"  {video_url}", err=True)
 
 
 @attrs.define
@@ -128,6 +164,8 @@ class _Batch:
     created: dict[str, str] = attrs.field(factory=dict)
     #: Where downloads run, with ``--download``.
     downloads: TaskGroup | None = None
+    #: The creates in flight: a scope that gives each up, and its video URL.
+    in_flight: dict[anyio.CancelScope, str] = attrs.field(factory=dict)
 
     async def watch(
         self,
@@ -191,19 +229,25 @@ class _Batch:
 
         async def create() -> None:
             for video_url, model in pending:
-                await anyio.lowlevel.checkpoint()  # Ctrl-C stops here, before the next create
-                # A sent create is billed: Ctrl-C waits for its answer so the ID is recorded
-                # (the client's timeout bounds the wait).
+                await anyio.lowlevel.checkpoint()  # a signal stops here, before the next create
+                # A sent create is billed: a signal waits for its answer so the ID is recorded
+                # (the client's timeout bounds the wait); only a second one gives it up.
                 with anyio.CancelScope(shield=True):
-                    try:
-                        task = await self.client.create_task(video_url, model=model)
-                    except FATAL as exc:
-                        self.fail(exc)
+                    with anyio.CancelScope() as give_up:
+                        self.in_flight[give_up] = video_url
+                        try:
+                            task = await self.client.create_task(video_url, model=model)
+                        except FATAL as exc:
+                            self.fail(exc)
+                            return
+                        except VSRError as exc:
+                            self.tally.create_failures.append((video_url, str(exc)))
+                            self.display.create_failed(video_url, str(exc))
+                            continue
+                        finally:
+                            del self.in_flight[give_up]
+                    if give_up.cancelled_caught:
                         return
-                    except VSRError as exc:
-                        self.tally.create_failures.append((video_url, str(exc)))
-                        self.display.create_failed(video_url, str(exc))
-                        continue
                     await self.record_created(task, video_url)
                 if watcher is not None:
                     watcher.add(task.id)
@@ -246,6 +290,21 @@ class _Batch:
         if self.results is not None:
             await self.results.append(download_record(saved), durable=True)
 
+    def stopping(self) -> None:
+        """Say what the clean stop waits for, if anything: the creates in flight."""
+        if self.in_flight:
+            click.echo(
+                f"Stopping: waiting for the answers to {len(self.in_flight)} creates in flight, "
+                "to record their tasks. Signal again to stop without them.",
+                err=True,
+            )
+
+    def hurry(self) -> None:
+        """Give up the creates in flight: a second signal wants the run over."""
+        for give_up, video_url in list(self.in_flight.items()):
+            self.tally.abandoned.append(video_url)
+            give_up.cancel()
+
     def fail(self, exc: VSRError) -> None:
         """Stop everything: the key was refused, so every other request would be too."""
         self.tally.fatal = str(exc)
@@ -258,10 +317,11 @@ class Queried:
 
     failed: int = 0  # failed tasks, IDs that could not be queried, downloads that failed
     fatal: str | None = None
-    interrupted: bool = False
+    interrupted: signal.Signals | None = None  # the signal that stopped it, if one did
 
     def exit_code(self) -> int:
-        """130 if interrupted, 3 if the key was refused, 1 if anything failed, else 0."""
+        """128 + the signal's number if one stopped the run, 3 if the key was refused, 1 if
+        anything failed, else 0."""
         return exit_code(
             interrupted=self.interrupted, fatal=self.fatal is not None, failed=bool(self.failed)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_AUTH = 3
-EXIT_INTERRUPTED = 130
+#: Stopped by a signal: 128 plus its number, as shells report a process a signal ended, so 130
+#: for SIGINT (Ctrl-C) and 143 for SIGTERM (`docker stop`, systemd, Kubernetes).
+EXIT_SIGNALLED = 128
+EXIT_INTERRUPTED = EXIT_SIGNALLED + signal.SIGINT
 
 #: A refused key ends the whole run (exit 3): every other request would be refused too.
 FATAL = (AuthenticationError, PermissionDeniedError)
@@ -30,14 +34,19 @@ GAVE_UP = "gave up"  # the watch stopped watching it: not found, past --timeout.
 LABELS = (WAITING, "queued", "processing", "completed", "failed", GAVE_UP)
 
 
-def exit_code(*, interrupted: bool, fatal: bool, failed: bool) -> int:
-    """The one exit-code policy: 130 if interrupted, 3 if the key was refused, 1 if anything
-    failed, else 0."""
-    if interrupted:
-        return EXIT_INTERRUPTED
+def exit_code(*, interrupted: signal.Signals | None, fatal: bool, failed: bool) -> int:
+    """The one exit-code policy: 128 + the signal's number if one stopped the run (130 for
+    SIGINT, 143 for SIGTERM), 3 if the key was refused, 1 if anything failed, else 0."""
+    if interrupted is not None:
+        return EXIT_SIGNALLED + interrupted
     if fatal:
         return EXIT_AUTH
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def signal_name(signum: signal.Signals) -> str:
+    """A stop signal as the user knows it: Ctrl-C for SIGINT, else its name (SIGTERM)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signum.name
 
 
 def printable(text: object) -> str:
@@ -108,8 +117,9 @@ class Tally:
         resumed: How many outcomes came from the results file.
         ended: Final transitions seen this run (one per task, if the watch keeps its word).
         create_failures: ``(video_url, reason)`` of each create that failed.
+        abandoned: The video URL of each create given up in flight, by a second signal.
         saving: The downloads, with ``--download``.
-        interrupted: Ctrl-C stopped the batch.
+        interrupted: The signal that stopped the batch (SIGINT for Ctrl-C, or SIGTERM), if any.
         fatal: Why the whole batch stopped (a refused key), if it did.
     """
 
@@ -120,8 +130,9 @@ class Tally:
     resumed: int = 0
     ended: int = 0
     create_failures: list[tuple[str, str]] = attrs.field(factory=list)
+    abandoned: list[str] = attrs.field(factory=list)
     saving: Saving | None = None
-    interrupted: bool = False
+    interrupted: signal.Signals | None = None
     fatal: str | None = None
 
     @property
@@ -168,8 +179,8 @@ class Tally:
         )
 
     def exit_code(self, *, watched: bool = True) -> int:
-        """130 if interrupted, 3 if the key was refused, 1 if a create or a download failed or
-        (when ``watched``) a task did not complete, else 0."""
+        """128 + the signal's number if one stopped the batch, 3 if the key was refused, 1 if a
+        create or a download failed or (when ``watched``) a task did not complete, else 0."""
         every_one_completed = not watched or (
             len(self.outcomes) == self.total
             and all(outcome.status == "completed" for outcome in self.outcomes.values())
