@@ -4,6 +4,7 @@ and the status table show. test_cli_pty checks the same on a real pseudo-termina
 from __future__ import annotations
 
 import io
+import signal
 import sys
 
 import anyio
@@ -144,7 +145,7 @@ def test_the_plain_summary_lists_every_failure(capsys: pytest.CaptureFixture[str
         tally.expect(f"task_{n}")
         tally.observe(Transition(f"task_{n}", "processing", task(f"task_{n}", "failed")))
     tally.create_failures.append(("https://example.com/x.mp4", "HTTP 400: no"))
-    tally.interrupted = True
+    tally.interrupted = signal.SIGINT
     display.summary()
     out = capsys.readouterr().out
     assert out.count("no reason given") == MAX_FAILURES_SHOWN + 3
