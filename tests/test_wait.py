@@ -34,7 +34,8 @@ from vsr_async.testing import Emulator, Faults, Timeline
 
 pytestmark = pytest.mark.anyio
 
-QUICK = Timeline.completed(queued=0.05, processing=0.1, actual_duration=42.5)
+#: In requests answered, for `request_driven` emulators: seen queued, processing, completed.
+QUICK = Timeline.completed(queued=2, processing=8, actual_duration=42.5)
 STUCK = Timeline(((0.0, "queued"), (0.05, "processing")))
 
 
@@ -47,7 +48,7 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_wait_returns_the_completed_task() -> None:
     """wait() polls until the task completes and returns its final snapshot."""
-    emulator = Emulator()
+    emulator = request_driven()
     task_id = emulator.add_task(QUICK)
     async with serve(emulator) as client:
         with anyio.fail_after(10):
@@ -130,7 +131,7 @@ async def test_wait_timeout_is_kept_when_the_server_is_slow() -> None:
 
 async def test_wait_timeout_none_waits_until_done() -> None:
     """timeout=None is accepted and means no deadline."""
-    emulator = Emulator()
+    emulator = request_driven()
     task_id = emulator.add_task(QUICK)
     async with serve(emulator) as client:
         with anyio.fail_after(10):
@@ -167,7 +168,7 @@ async def test_wait_unknown_id_raises_not_found() -> None:
 
 async def test_wait_rides_out_transient_failures(fast_backoff: None) -> None:
     """5xx and 429 answers are retried until the task completes."""
-    emulator = Emulator(
+    emulator = request_driven(
         seed=2, faults=Faults(error_rate=0.3, rate_limit_rate=0.1, retry_after=0.02)
     )
     task_id = emulator.add_task(QUICK)
@@ -180,7 +181,7 @@ async def test_wait_rides_out_transient_failures(fast_backoff: None) -> None:
 
 async def test_wait_gives_up_on_unreadable_answers(fast_backoff: None) -> None:
     """Answers that are never a task end the wait with ResponseValidationError."""
-    emulator = Emulator()
+    emulator = request_driven()
     task_id = emulator.add_task(QUICK)
     html: Answer = (200, [(b"content-type", b"text/html")], b"<html>maintenance</html>")
     async with serve(Proxy(emulator, lambda _, __: html)) as client:
@@ -191,7 +192,7 @@ async def test_wait_gives_up_on_unreadable_answers(fast_backoff: None) -> None:
 
 async def test_wait_wrong_key_raises_authentication_error() -> None:
     """A key the server refuses raises AuthenticationError itself (no ExceptionGroup), once."""
-    emulator = Emulator(api_key="another-key")
+    emulator = request_driven(api_key="another-key")
     task_id = emulator.add_task(QUICK)
     async with serve(emulator) as client:
         with pytest.raises(AuthenticationError) as info, anyio.fail_after(10):
@@ -203,7 +204,7 @@ async def test_wait_wrong_key_raises_authentication_error() -> None:
 
 async def test_wait_forbidden_raises_permission_denied() -> None:
     """A 403 raises PermissionDeniedError itself."""
-    emulator = Emulator()
+    emulator = request_driven()
     task_id = emulator.add_task(QUICK)
     forbidden = json_answer(403, {"message": "Forbidden"})
     async with serve(Proxy(emulator, lambda _, __: forbidden)) as client:

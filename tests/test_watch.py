@@ -53,7 +53,9 @@ pytestmark = pytest.mark.anyio
 FOREVER = Timeline(((0.0, "queued"),))
 STUCK = Timeline(((0.0, "queued"), (0.05, "processing")))
 DONE = Timeline(((0.0, "completed"),))
-QUICK = Timeline.completed(queued=0.05, processing=0.1)
+#: In requests answered, for `request_driven` emulators: with a few tasks polled in turn, each
+#: is seen queued and processing before it completes, however slow the machine.
+QUICK = Timeline.completed(queued=12, processing=12)
 
 
 @pytest.fixture
@@ -127,7 +129,7 @@ async def test_each_status_change_is_yielded_once_in_order() -> None:
 
 async def test_same_status_in_another_case_is_not_a_change() -> None:
     """Known statuses in any case (a loose server) are one status: no repeated transitions."""
-    emulator = Emulator(loose=True, timeline=Timeline.completed(queued=0.3, processing=0.3))
+    emulator = request_driven(loose=True, timeline=Timeline.completed(queued=15, processing=15))
     ids = [emulator.add_task() for _ in range(5)]
     async with serve(emulator) as client:
         transitions = await collect(client, ids, interval=0.03)
@@ -146,7 +148,7 @@ async def test_same_status_in_another_case_is_not_a_change() -> None:
 async def test_add_extends_a_running_watch_and_ignores_duplicates() -> None:
     """add() during the run watches one more task; an ID already watched (or listed twice)
     is watched once; the watch ends by itself when all have ended."""
-    emulator = Emulator(timeline=QUICK)
+    emulator = request_driven(timeline=QUICK)
     first, second = emulator.add_task(), emulator.add_task()
     transitions = []
     async with serve(emulator) as client, client.watch([first, first], interval=0.03) as watcher:
@@ -169,7 +171,7 @@ async def test_add_extends_a_running_watch_and_ignores_duplicates() -> None:
 async def test_add_on_the_last_final_transition_extends_the_watch() -> None:
     """A follow-up added while handling the last task's final transition is still watched:
     the watch is not over until the consumer has seen everything."""
-    emulator = Emulator()
+    emulator = request_driven()
     first = emulator.add_task(DONE)
     follow_up = emulator.add_task(QUICK)
     transitions = []
@@ -212,7 +214,7 @@ async def test_an_empty_watch_ends_at_once() -> None:
 async def test_keep_open_pipeline_creates_and_adds_while_iterating() -> None:
     """keep_open=True keeps the watch going with nothing left to watch, until done_adding();
     tasks created while iterating are watched as they come."""
-    emulator = Emulator(timeline=QUICK)
+    emulator = request_driven(timeline=QUICK)
     first_batch_done = anyio.Event()
     created: list[str] = []
     transitions: list[Transition] = []
@@ -431,7 +433,7 @@ async def test_undecodable_body_is_transient(fast_backoff: None) -> None:
     """A body that cannot be decoded (a proxy's broken gzip) is a garbage answer like any
     other: it is retried, and the watch completes."""
     broken: Answer = (200, [(b"content-encoding", b"gzip")], b"not gzip at all")
-    emulator = Emulator(timeline=QUICK)
+    emulator = request_driven(timeline=QUICK)
     ids = [emulator.add_task() for _ in range(5)]
     polls: dict[str | None, int] = {}
 
@@ -457,7 +459,7 @@ async def test_rate_limit_pauses_every_poller(max_concurrency: int) -> None:
     """After a 429 with Retry-After, no poll of any task reaches the server until it has
     passed (beyond the ones already in flight); then the watch resumes and completes."""
     retry_after = 0.5
-    emulator = Emulator(timeline=Timeline.completed(queued=0.2, processing=0.2))
+    emulator = request_driven(timeline=Timeline.completed(queued=40, processing=40))
     ids = [emulator.add_task() for _ in range(20)]
     limited = json_answer(429, {"message": "Too many requests"}, (b"retry-after", b"0.5"))
     proxy = Proxy(emulator, lambda _task_id, n: limited if n == 30 else None)
@@ -532,7 +534,7 @@ async def test_no_task_is_given_up_before_its_first_poll(limit: str) -> None:
 async def test_unknown_id_ends_alone_with_not_found() -> None:
     """A 404 ID yields one Transition carrying TaskNotFoundError and is not polled again;
     the others complete."""
-    emulator = Emulator(timeline=QUICK)
+    emulator = request_driven(timeline=QUICK)
     ids = [emulator.add_task() for _ in range(5)]
     async with serve(emulator) as client:
         transitions = await collect(client, [*ids, "no-such-task"], interval=0.03)
@@ -840,7 +842,7 @@ async def test_timeout_gives_up_only_the_stuck_task() -> None:
 async def test_watch_through_asgi_transport() -> None:
     """The watch works in process, through httpx.ASGITransport, with a caller's http_client
     (left open for the caller)."""
-    emulator = Emulator(timeline=QUICK)
+    emulator = request_driven(timeline=QUICK)
     ids = [emulator.add_task() for _ in range(5)]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=emulator)) as http:
         base_url = "http://127.0.0.1" + emulator.prefix
