@@ -136,8 +136,7 @@ class _Watched:
 
     task_id: str
     since: float  # when its current status was first seen (or it was added): the schedule's 0
-    deadline: float = math.inf  # set at its first poll
-    polled: bool = False
+    deadline: float = math.inf  # set at its first poll (stays so without a timeout)
     task: Task | None = None
     failures: int = 0  # consecutive transient failures
     malformed: int = 0  # consecutive unreadable answers
@@ -349,8 +348,7 @@ class Watcher:
     async def _poll(
         self, entry: _Watched, send: MemoryObjectSendStream[Transition | Exception | None]
     ) -> None:
-        if not entry.polled:  # the timeout counts from here
-            entry.polled = True
+        if entry.deadline == math.inf:  # its first poll: the timeout counts from here
             entry.deadline = anyio.current_time() + self._timeout
         try:
             task = await self._send_poll(entry.task_id)
