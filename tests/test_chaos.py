@@ -16,7 +16,9 @@ from chaos import amplification, pair, refusals, verdict
 pytestmark = pytest.mark.anyio
 
 TASKS = 2_000
-BUDGET = 120  # seconds for both runs, which take 30-45 s on two shared cores
+#: Seconds for both runs: a guard against a hang, not a measure. They take 30-45 s on two
+#: shared cores, over a minute on a busy machine.
+BUDGET = 600
 #: Every kind of bad answer the client must have met, so the run was not a quiet one.
 MET = [
     *("5xx status", "429 with Retry-After", "HTML error page", "truncated JSON", "JSON list"),
@@ -27,8 +29,10 @@ MET = [
 async def test_every_transition_once_through_chaos_and_a_restart() -> None:
     """Through 5xx, 429, spikes, drops, malformed bodies and a restart on the same port, each
     task's changes are yielded once, in order, ending with its true state and result URL; no
-    exception escapes, no task or connection is left behind, and the chaos costs under 1.5
-    times the requests of a fault-free run of the same tasks."""
+    exception escapes, no task or connection is left behind; and the chaos costs no request
+    beyond the schedule: no task is polled sooner than the interval after its last poll (a
+    failed one included), nor once its end was read. (The ratio of requests to a fault-free
+    run's is printed, not checked: it moves with the machine's load.)"""
     started = time.monotonic()
     with anyio.fail_after(BUDGET):
         faulty, clean = await pair(TASKS, seed=1)
@@ -38,6 +42,8 @@ async def test_every_transition_once_through_chaos_and_a_restart() -> None:
         f"amplification {amplification(faulty, clean):.2f}; faults {faulty.faults_injected}"
     )
     assert verdict(faulty, clean) == []
+    assert faulty.polled_too_soon == clean.polled_too_soon == 0  # (in the verdict too)
+    assert faulty.polled_after_end == clean.polled_after_end == 0
     assert faulty.tasks == clean.tasks == TASKS
     assert all(faulty.faults_injected.values()), faulty.faults_injected  # the restart too
     assert all(faulty.bad_answers[kind] for kind in MET), faulty.bad_answers

@@ -49,7 +49,7 @@ async def namespace(monkeypatch, tmp_path):
 async def test_sample_runs(sample, namespace) -> None:
     """The sample runs to its end against the emulator, on asyncio and trio."""
     code = compile(sample.code, sample.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    with anyio.fail_after(10):
+    with anyio.fail_after(60):  # a guard against a hang: samples take milliseconds
         result = eval(code, dict(namespace))  # noqa: S307 (our own documentation)
         if inspect.iscoroutine(result):
             await result

@@ -178,10 +178,14 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 
 def test_parse_retry_after_http_date_in_the_future() -> None:
     """An HTTP date gives the seconds from now until then."""
-    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    when = (datetime.now(timezone.utc) + timedelta(seconds=30)).replace(microsecond=0)
+    before = datetime.now(timezone.utc)
     seconds = parse_retry_after(format_datetime(when, usegmt=True))
+    after = datetime.now(timezone.utc)
     assert seconds is not None
-    assert 28.0 <= seconds <= 30.0
+    # From the moment it was parsed, whenever that was: bracketed by the clock around it.
+    assert seconds >= (when - after).total_seconds()
+    assert seconds <= (when - before).total_seconds()
 
 
 def _documented_tree() -> dict[str, str]:
