@@ -29,6 +29,7 @@ Send = Callable[[Message], Awaitable[None]]
 DEFAULT_API_KEY = "emulator-key"
 DEFAULT_PREFIX = "/kyyReactApiServer"
 DEFAULT_ERROR = "Video could not be decoded"
+STATS_PATH = "/_emulator/stats"  # the counts as JSON: about the emulator, not part of the API
 VIDEO_SIZE = 64 * 1024
 _BLOCK = 64 * 1024  # result files repeat a per-task block of this size, numbered
 
@@ -205,7 +206,7 @@ class RecordedRequest:
 
 @attrs.frozen
 class EmulatorStats:
-    """A summary of the recorded requests.
+    """Counts of the requests answered, kept or not (see `Emulator`'s `history`).
 
     Attributes:
         total: Number of requests.
@@ -411,6 +412,12 @@ class Emulator:
             many body bytes (recorded as fault `"cut"`).
         cuts: How many more file responses `cut_after` cuts, counted down by each cut, or
             `None` for all of them.
+        history: How many of the latest requests `requests` keeps, or `None` for all of them;
+            bound it in a server that runs for long. `stats` counts every request either way.
+        on_request: Called with each request recorded, before it is answered: for a log.
+
+    `GET /_emulator/stats` answers `stats` and the number of tasks as JSON; it is neither
+    recorded nor counted, and never faulted.
     """
 
     def __init__(
@@ -429,7 +436,11 @@ class Emulator:
         files_redirect: str | None = None,
         cut_after: int | None = None,
         cuts: int | None = None,
+        history: int | None = None,
+        on_request: Callable[[RecordedRequest], None] | None = None,
     ) -> None:
+        if history is not None and history < 0:
+            raise ValueError(f"'history' must be >= 0 or None: {history!r}")
         self.api_key = api_key
         self.prefix = prefix.rstrip("/")
         self.faults = faults if faults is not None else Faults()
@@ -440,7 +451,12 @@ class Emulator:
         self.files_redirect = files_redirect
         self.cut_after = cut_after
         self.cuts = cuts
-        self.requests: list[RecordedRequest] = []
+        self.history = history
+        self.on_request = on_request
+        self.requests: list[RecordedRequest] = []  # the latest `history` of them
+        self._total = 0
+        self._by_status: collections.Counter[int] = collections.Counter()
+        self._faults: collections.Counter[str] = collections.Counter()
         self._clock = clock
         self._timeline = timeline
         self._random = random.Random(seed)  # IDs and timelines
@@ -451,6 +467,7 @@ class Emulator:
             "create": re.compile(re.escape(self.prefix) + "/v1/super-resolution/videos"),
             "query": re.compile(re.escape(self.prefix) + "/v1/result/([^/]+)"),
             "file": re.compile(r"/files/([^/]+)\.mp4"),
+            "stats": re.compile(re.escape(STATS_PATH)),
         }
 
     # -- helpers for tests and demos
@@ -499,21 +516,22 @@ class Emulator:
         return list(self._tasks)
 
     def polls(self, task_id: str) -> list[RecordedRequest]:
-        """The recorded result queries for one task, faulted ones included."""
+        """The result queries for one task among `requests`, faulted ones included."""
         return [request for request in self.requests if request.task_id == task_id]
 
     @property
     def stats(self) -> EmulatorStats:
-        """A summary of `requests`."""
+        """Counts of every request answered since creation or `reset_stats()`."""
         return EmulatorStats(
-            total=len(self.requests),
-            by_status=dict(collections.Counter(r.status_code for r in self.requests)),
-            faults=dict(collections.Counter(r.fault for r in self.requests if r.fault)),
+            total=self._total, by_status=dict(self._by_status), faults=dict(self._faults)
         )
 
     def reset_stats(self) -> None:
-        """Forget the recorded requests."""
+        """Forget the recorded requests, and zero `stats`."""
         self.requests.clear()
+        self._total = 0
+        self._by_status.clear()
+        self._faults.clear()
 
     def video_bytes(self, task_id: str, start: int = 0, stop: int | None = None) -> bytes:
         """Bytes `start:stop` (a slice) of the result file of `task_id`.
@@ -544,12 +562,15 @@ class Emulator:
         arrived = self._clock()
         request = await _Request.read(scope, receive)
         route, task_id = self._route(request.path)
+        if route == "stats":
+            await self._stats(request).send(send, receive)
+            return
         if route == "file":
             reply = self._file(request, task_id)
         else:
             await self._delay()
             reply = await self._api(request, route, task_id)
-        self.requests.append(
+        self._record(
             RecordedRequest(
                 time=arrived,
                 method=request.method,
@@ -562,6 +583,34 @@ class Emulator:
             )
         )
         await reply.send(send, receive)
+
+    def _record(self, request: RecordedRequest) -> None:
+        """Count the request, keep it (dropping the oldest beyond `history`), pass it on."""
+        self._total += 1
+        self._by_status[request.status_code] += 1
+        if request.fault is not None:
+            self._faults[request.fault] += 1
+        self.requests.append(request)
+        if self.history is not None and len(self.requests) > self.history:
+            # A list, not a deque: callers compare `requests` to lists and slice it. Dropping the
+            # oldest moves `history` pointers, cheap next to answering a request.
+            del self.requests[: len(self.requests) - self.history]
+        if self.on_request is not None:
+            self.on_request(request)
+
+    def _stats(self, request: _Request) -> _Reply:
+        if request.method != "GET":
+            return _not_allowed(request.method, "GET")
+        stats = self.stats
+        return _json(
+            200,
+            {
+                "total": stats.total,
+                "by_status": {str(code): n for code, n in sorted(stats.by_status.items())},
+                "faults": dict(sorted(stats.faults.items())),
+                "tasks": len(self._tasks),
+            },
+        )
 
     def _route(self, path: str) -> tuple[str, str]:
         """The route's name ("" if none) and the decoded task ID in the path ("" if none)."""
