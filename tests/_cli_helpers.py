@@ -1,11 +1,12 @@
 """Shared by the CLI tests: the emulator served from a thread, scripted tasks, result files,
-the CLI as a subprocess."""
+the CLI as a subprocess (run to its end, or steered by the test), creates logged and held."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -20,10 +21,10 @@ import attrs
 from vsr_async.testing import Emulator, EmulatorServer, Timeline
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
     from pathlib import Path
 
-    from anyio.abc import ByteReceiveStream
+    from anyio.abc import ByteReceiveStream, Process
 
     from vsr_async.testing import RecordedRequest
 
@@ -182,3 +183,125 @@ async def run_cli(
                 process.send_signal(then)
             returncode = await process.wait()
     return Finished(returncode, out.decode(), err.decode())
+
+
+@contextlib.asynccontextmanager
+async def steer(
+    args: Sequence[str], env: dict[str, str], *, within: float = 60
+) -> AsyncIterator[Steered]:
+    """Run the CLI while the block steers it; leaving the block waits for the process to end
+    (or kills it, if the block failed)."""
+    with anyio.fail_after(within):
+        async with (
+            await anyio.open_process([*CLI, *args], env=env, stdin=subprocess.DEVNULL) as process,
+            anyio.create_task_group() as task_group,
+        ):
+            steered = Steered(process)
+            task_group.start_soon(_drain, process.stdout, steered.out)
+            task_group.start_soon(_drain, process.stderr, steered.err)
+            try:
+                yield steered
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):  # it may have ended already
+                    process.kill()
+                raise
+            await process.wait()
+
+
+class Steered:
+    """A CLI process that a test steers: it waits for conditions, sends signals, and reads
+    what the process printed so far."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self.out, self.err = bytearray(), bytearray()
+
+    @property
+    def stdout(self) -> str:
+        return self.out.decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.decode(errors="replace")
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds; fail if the process ended first."""
+        while not condition():
+            assert self.process.returncode is None, f"ended first:\n{self.stderr}"
+            await anyio.sleep(0.02)
+
+    def send(self, signum: signal.Signals) -> None:
+        self.process.send_signal(signum)
+
+
+class Clock:
+    """The emulator's clock, moved by the test: tasks change status when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CreateLog(Emulator):
+    """The emulator, logging the ``(model, video URL)`` of each create as it arrives.
+
+    It answers the first ``free`` creates and holds the others in flight until the test calls
+    `release`, and answers 400 to a create of a video URL in ``refuse`` (as to a bad URL).
+    """
+
+    def __init__(self, *, free: float = math.inf, refuse: Iterable[str] = (), **kwargs: Any):
+        super().__init__(**kwargs)
+        self.free = free
+        self.refuse = set(refuse)
+        self.creates: list[tuple[str, str]] = []
+        self._released: anyio.Event | None = None
+
+    def release(self) -> None:
+        """Answer the creates held, and every one to come."""
+        self.free = math.inf
+        if self._released is not None:
+            self._released.set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        data = json.loads(body)
+        self.creates.append((data["model"], data["videoUrl"]))
+        if len(self.creates) > self.free:
+            if self._released is None:
+                self._released = anyio.Event()
+            await self._released.wait()
+        if data["videoUrl"] in self.refuse:
+            body = bytearray(json.dumps({**data, "videoUrl": "refused"}).encode())
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await super().__call__(scope, replay, send)
+
+
+def transitions_by_task(path: Path) -> dict[str, list[tuple[str | None, str | None]]]:
+    """The ``(previous, status)`` of each transition record of a results file, by task."""
+    found: dict[str, list[tuple[str | None, str | None]]] = collections.defaultdict(list)
+    for record in records(path):
+        if "event" not in record:
+            found[record["task_id"]].append((record["previous"], record["status"]))
+    return dict(found)

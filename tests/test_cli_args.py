@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import click
 import pytest
 from _cli_helpers import KEY, serve_in_thread
 from click.testing import CliRunner
@@ -395,3 +396,32 @@ def test_other_errors_are_not_taken_for_ctrl_c_or_a_closed_pipe() -> None:
     assert not _options._only(BrokenPipeError, _Group(BrokenPipeError(), ValueError()))
     assert not _options._only(BrokenPipeError, _Group())
     assert not _options._only(KeyboardInterrupt, ValueError())
+
+
+def test_the_command_to_run_again_is_the_one_typed_without_the_key(
+    runner: CliRunner, tmp_path
+) -> None:
+    """The command a hint names has the options given on the command line (none from the
+    environment or defaults, never --api-key, not those left out), a file or stdin by its
+    name, each word quoted for a shell, and the arguments last."""
+    said: list[str] = []
+
+    @click.command()
+    @click.argument("items", nargs=-1)
+    @_options.from_file_option
+    @click.option("-m", "--model")
+    @click.option("--watch", is_flag=True)
+    @click.option("--force", is_flag=True)
+    @_options.pace_options
+    @_options.api_options
+    def command(**_: object) -> None:
+        said.append(_options.command_line(click.get_current_context(), leave_out=["force"]))
+
+    listed = tmp_path / "my urls.txt"
+    listed.write_text("")
+    args = ["a b", "--api-key", "s3cret", "-m", "x", "--from-file", str(listed), "--force"]
+    args += ["--from-file", "-", "--watch", "--interval", "0.5", "c"]
+    result = runner.invoke(command, args, prog_name="vsr-async", env={"VSR_API_KEY": KEY})
+    assert result.exit_code == 0, result.output
+    expected = f"vsr-async --from-file '{listed}' --from-file - --model x --watch --interval 0.5"
+    assert said == [f"{expected} 'a b' c"]

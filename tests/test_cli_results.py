@@ -1,19 +1,48 @@
-"""The results file: append, flush and fsync, read back to resume, torn lines, wrong files."""
+"""The results file: append, flush and fsync, read back to resume, torn lines, wrong files;
+resuming `create` and `watch` from it, as a user runs them (the CLI as a process, stopped
+mid-batch by a signal and run again)."""
 
 from __future__ import annotations
 
+import collections
 import json
+import shlex
+import signal
+import sys
 
 import pytest
-from _cli_helpers import KEY, add_tasks, records, serve_in_thread
+from _cli_helpers import (
+    KEY,
+    Clock,
+    CreateLog,
+    add_tasks,
+    cli_env,
+    readable_records,
+    records,
+    run_cli,
+    serve_in_thread,
+    steer,
+    transitions_by_task,
+)
 from click.testing import CliRunner
 
 from vsr_async import Task, Transition
 from vsr_async._cli import _app, _jsonl
-from vsr_async._cli._jsonl import ResultsFile, ResultsFileError, transition_record
-from vsr_async.testing import Emulator
+from vsr_async._cli._jsonl import (
+    ResultsFile,
+    ResultsFileError,
+    created_record,
+    download_record,
+    transition_record,
+)
+from vsr_async._cli._tally import Saved
+from vsr_async.testing import Emulator, EmulatorServer, Timeline
 
 pytestmark = pytest.mark.anyio
+
+MODEL = "superResolution-720p-lowfps"
+#: Stopping a process with a signal, and reading what it wrote meanwhile, is POSIX.
+posix_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 DONE = {"task_id": "task_a", "previous": "processing", "status": "completed"}
 RUNNING = {"task_id": "task_b", "previous": None, "status": "processing"}
@@ -181,3 +210,194 @@ def test_a_wrong_results_file_is_exit_2(tmp_path, monkeypatch: pytest.MonkeyPatc
         == f"Error: {path}, line 1: not a vsr-async result record (is this the right file?)\n"
     )
     assert path.read_text() == "task_1\n"
+
+
+async def test_the_file_knows_each_tasks_last_status_and_what_it_was_created_from(
+    tmp_path,
+) -> None:
+    """Read back, and kept up to date by each append: the last status recorded of each task
+    (download lines change none), and the task created from each (model, video URL)."""
+    path = tmp_path / "results.jsonl"
+    results = opened(path)
+    queued = Task("task_a", "queued")
+    await results.append(created_record(queued, "https://example.com/a.mp4", MODEL), durable=True)
+    done = Transition("task_a", "queued", Task("task_a", "completed", video_url="http://x"))
+    await results.append(transition_record(done), durable=True)
+    saved = Saved("task_a", "downloaded", tmp_path / "task_a.mp4", 8)
+    await results.append(download_record(saved), durable=True)
+    expected = ({"task_a": "completed"}, {"task_a": (MODEL, "https://example.com/a.mp4")})
+    assert (results.statuses, results.inputs) == expected
+    results.close()
+    again = opened(path)
+    assert (again.statuses, again.inputs) == expected
+    assert records(path)[0] == {
+        **records(path)[0],
+        "previous": None,
+        "status": "queued",
+        "input_url": "https://example.com/a.mp4",
+        "model": MODEL,
+    }
+    again.close()
+
+
+def test_a_resumed_watch_starts_each_task_from_its_recorded_status(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task that moved on while nobody watched gets one line, whose `previous` is the
+    status the file holds (and so does the plain output); a task the file does not hold is
+    new."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    clock = Clock()
+    emulator = Emulator(clock=clock)
+    moved = emulator.add_task(Timeline.completed(queued=1, processing=1), task_id="task_moved")
+    failed = emulator.add_task(Timeline.failed(queued=1, processing=1), task_id="task_failed")
+    new = emulator.add_task(Timeline.completed(queued=1, processing=1), task_id="task_new")
+    clock.now = 10.0  # all ended, unwatched
+    path = tmp_path / "results.jsonl"
+    earlier = [
+        {"task_id": moved, "previous": None, "status": "queued"},
+        {"task_id": failed, "previous": None, "status": "queued"},
+        {"task_id": failed, "previous": "queued", "status": "processing"},
+    ]
+    path.write_text("".join(json.dumps(record) + "\n" for record in earlier))
+    with serve_in_thread(emulator) as base_url:
+        args = ["watch", "--interval", "0.05", "--jsonl", str(path), moved, failed, new]
+        result = CliRunner().invoke(_app.cli, args, env=cli_env(base_url))
+    assert result.exit_code == 1, result.output
+    added = [(r["task_id"], r["previous"], r["status"]) for r in records(path)[len(earlier) :]]
+    assert sorted(added) == [
+        (failed, "processing", "failed"),
+        (moved, "queued", "completed"),
+        (new, None, "completed"),
+    ]
+    assert f"{moved}  queued -> completed  http://" in result.stdout
+    assert f"{failed}  processing -> failed  (" in result.stdout
+    assert f"{new}  new -> completed  http://" in result.stdout
+
+
+def _check_each_status_once(path, ids: list[str], statuses: list[str]) -> None:
+    """Each task's lines go through ``statuses`` in order, each once, every ``previous`` the
+    status of the line before it."""
+    chain = list(zip([None, *statuses], statuses, strict=False))
+    assert transitions_by_task(path) == dict.fromkeys(ids, chain)
+
+
+def _each_has(path, ids: list[str], status: str) -> bool:
+    seen = {r["task_id"] for r in readable_records(path) if r.get("status") == status}
+    return seen >= set(ids)
+
+
+@posix_signals
+async def test_create_then_a_watch_resumed_twice_records_each_status_once(
+    tmp_path, anyio_backend: str
+) -> None:
+    """create --jsonl, then watch --jsonl stopped by Ctrl-C, then the same watch again: each
+    task's lines are queued, processing, completed, each once, with `previous` the status
+    before it; a task first seen in its recorded status writes (and prints) nothing."""
+    clock = Clock()
+    steps = [((0, "queued"), (1, "processing"), (2 + index, "completed")) for index in range(4)]
+    timelines = iter(map(Timeline, steps))
+    emulator = Emulator(seed=31, clock=clock, timeline=lambda _rng: next(timelines))
+    path = tmp_path / "results.jsonl"
+    urls = [f"https://example.com/{index}.mp4" for index in range(4)]
+    watch = ["watch", "--interval", "0.05", "--jsonl", str(path), "--backend", anyio_backend]
+    async with EmulatorServer(emulator) as server:
+        env = cli_env(server.base_url)
+        created = await run_cli(["create", "-m", MODEL, "--jsonl", str(path), *urls], env)
+        assert created.returncode == 0, created.stderr
+        ids = created.stdout.split()
+        clock.now = 1.5  # every task is processing, and nobody watches
+        first = await run_cli(watch, env, until=lambda: _each_has(path, ids, "processing"))
+        assert first.returncode == 130, first.stderr
+        clock.now = 2.5  # the first task completed; the others are still processing
+        answered = len(emulator.requests)
+        async with steer(watch, env) as second:
+            await second.wait_until(
+                lambda: {r.task_id for r in emulator.requests[answered:]} >= set(ids)
+            )
+            clock.now = 100.0  # once each was seen as it was: let them all complete
+    assert second.returncode == 0, second.stderr
+    _check_each_status_once(path, ids, ["queued", "processing", "completed"])
+    assert f"{ids[0]}  processing -> completed  http://" in second.stdout
+    assert " new -> " not in second.stdout
+    assert " -> processing" not in second.stdout
+
+
+def _hinted_command(stderr: str) -> list[str]:
+    (hint,) = [line for line in stderr.splitlines() if line.startswith("To resume: ")]
+    return shlex.split(hint.removeprefix("To resume: "))
+
+
+@posix_signals
+async def test_a_create_stopped_midway_and_run_again_creates_each_video_url_once(
+    tmp_path, anyio_backend: str
+) -> None:
+    """Ctrl-C mid-create: each task created is recorded with its video URL and model, and the
+    hint names the same create command and how many URLs are left. That command creates
+    exactly those (no URL twice), says how many it skipped, and prints every ID of the batch."""
+    emulator = CreateLog(seed=32, free=3)
+    path = tmp_path / "created.jsonl"
+    urls = [f"https://example.com/{index}.mp4" for index in range(10)]
+    args = ["create", "-m", MODEL, "--concurrency", "2", "--jsonl", str(path)]
+    args += ["--backend", anyio_backend, *urls]
+    async with EmulatorServer(emulator) as server:
+        env = cli_env(server.base_url)
+        async with steer(args, env) as first:
+            await first.wait_until(lambda: len(emulator.creates) >= 5)  # 3 answered, 2 held
+            first.send(signal.SIGINT)
+            await first.wait_until(lambda: "waiting for the answers to 2 creates" in first.stderr)
+            emulator.release()
+        assert first.returncode == 130, first.stderr
+        assert len(emulator.creates) == 5
+        assert {(r["model"], r["input_url"]) for r in records(path)} == set(emulator.creates)
+        assert sorted(r["task_id"] for r in records(path)) == sorted(first.stdout.split())
+        hinted = _hinted_command(first.stderr)
+        assert hinted[:2] == ["vsr-async", "create"]
+        assert sorted(hinted[1:]) == sorted("--model" if arg == "-m" else arg for arg in args)
+        assert f"5 of the 10 video URLs have no task in {path} yet" in first.stderr
+
+        again = await run_cli(hinted[1:], env)
+    assert again.returncode == 0, again.stderr
+    assert collections.Counter(emulator.creates) == {(MODEL, url): 1 for url in urls}
+    assert f"Note: {path} holds a task for 5 of the 10 video URLs: not created again" in (
+        again.stderr
+    )
+    assert "Created 5 tasks." in again.stderr
+    assert sorted(again.stdout.split()) == sorted(emulator.task_ids)
+    assert sorted((r["model"], r["input_url"]) for r in records(path)) == sorted(emulator.creates)
+
+
+@posix_signals
+async def test_a_create_watch_stopped_midway_and_run_again_finishes_the_whole_batch(
+    tmp_path, anyio_backend: str
+) -> None:
+    """SIGTERM mid `create --watch`: the same command again creates the video URLs left and
+    watches them with the tasks created before, which ended meanwhile; every task ends, each
+    status recorded once."""
+    clock = Clock()
+    timeline = Timeline.completed(queued=1, processing=1)
+    emulator = CreateLog(seed=33, free=3, clock=clock, timeline=timeline)
+    path = tmp_path / "created.jsonl"
+    urls = [f"https://example.com/{index}.mp4" for index in range(10)]
+    args = ["create", "--watch", "-m", MODEL, "--concurrency", "2", "--interval", "0.05"]
+    args += ["--jsonl", str(path), "--backend", anyio_backend, *urls]
+    async with EmulatorServer(emulator) as server:
+        env = cli_env(server.base_url)
+        async with steer(args, env) as first:
+            await first.wait_until(lambda: len(emulator.creates) >= 5)  # 3 answered, 2 held
+            first.send(signal.SIGTERM)
+            await first.wait_until(lambda: "waiting for the answers to 2 creates" in first.stderr)
+            emulator.release()
+        assert first.returncode == 143, first.stderr
+        assert _hinted_command(first.stderr)[1:2] == ["create"]
+        earlier = list(emulator.task_ids)
+        clock.now = 10.0  # the 5 tasks created completed, while nobody watched
+        async with steer(args, env) as second:
+            await second.wait_until(lambda: len(emulator.creates) == 10)
+            await second.wait_until(lambda: _each_has(path, earlier, "completed"))
+            clock.now = 20.0  # and now the new ones too
+    assert second.returncode == 0, second.stderr
+    assert collections.Counter(emulator.creates) == {(MODEL, url): 1 for url in urls}
+    assert "10 of 10 tasks ended: 10 completed" in second.stdout
+    chain = [(None, "queued"), ("queued", "completed")]
+    assert transitions_by_task(path) == dict.fromkeys(emulator.task_ids, chain)

@@ -3,13 +3,14 @@ what watch, create, status and demo print, record and exit with."""
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import random
 import socket
 
 import pytest
-from _cli_helpers import CONTROL, KEY, add_tasks, records, serve_in_thread
+from _cli_helpers import CONTROL, KEY, CreateLog, add_tasks, cli_env, records, serve_in_thread
 from click.testing import CliRunner, Result
 
 from vsr_async._cli import _app, _demo
@@ -258,6 +259,66 @@ def test_create_jsonl_then_watch_jsonl_picks_the_tasks_up(
     result = invoke("watch", *FAST, "--jsonl", str(results))
     assert result.exit_code == 0
     assert f"{emulator.task_ids[0]}  " in result.stdout
+
+
+def test_create_jsonl_run_again_creates_nothing_it_holds_unless_forced(
+    invoke, emulator: Emulator, tmp_path
+) -> None:
+    """The same `create --jsonl` again creates no (model, video URL) the file holds a task
+    for, says so, and prints the batch's IDs; another model is another task; --force creates
+    (and bills) them all again."""
+    results = tmp_path / "results.jsonl"
+    urls = [f"https://example.com/{n}.mp4" for n in range(3)]
+    args = ["create", "-m", "superResolution-720p-lowfps", "--jsonl", str(results), *urls]
+    first = invoke(*args)
+    assert first.exit_code == 0
+    again = invoke(*args)
+    assert again.exit_code == 0
+    assert len(emulator.task_ids) == 3
+    assert again.stderr == (
+        f"Note: {results} holds a task for 3 of the 3 video URLs: not created again (--force "
+        "creates them again).\nCreated 0 tasks.\n"
+    )
+    assert sorted(again.stdout.split()) == sorted(first.stdout.split())  # the whole batch
+    other_model = invoke("create", "-m", "superResolution-4k-lowfps", *args[3:])
+    assert other_model.exit_code == 0
+    assert len(emulator.task_ids) == 6
+    forced = invoke(*args, "--force")
+    assert forced.exit_code == 0
+    assert forced.stderr == "Created 3 tasks.\n"
+    assert len(emulator.task_ids) == 9
+    pairs = collections.Counter((r["model"], r["input_url"]) for r in records(results))
+    assert pairs == {
+        **{("superResolution-720p-lowfps", url): 2 for url in urls},
+        **{("superResolution-4k-lowfps", url): 1 for url in urls},
+    }
+
+
+def test_a_create_that_failed_is_tried_again_by_a_rerun(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A create that failed has no task ID, so the file holds no task for its video URL: the
+    same command again tries it (and only it) again."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    urls = [f"https://example.com/{n}.mp4" for n in range(3)]
+    emulator = CreateLog(seed=5, refuse=[urls[1]])
+    results = tmp_path / "results.jsonl"
+    args = ["create", "-m", "superResolution-720p-lowfps", "--jsonl", str(results), *urls]
+    with serve_in_thread(emulator) as base_url:
+        first = CliRunner().invoke(_app.cli, args, env=cli_env(base_url))
+        assert first.exit_code == 1
+        assert f"Could not create from {urls[1]}: " in first.stderr
+        emulator.refuse.clear()
+        again = CliRunner().invoke(_app.cli, args, env=cli_env(base_url))
+    assert again.exit_code == 0, again.output
+    assert "holds a task for 2 of the 3 video URLs" in again.stderr
+    assert collections.Counter(url for _, url in emulator.creates) == {
+        urls[0]: 1,
+        urls[1]: 2,
+        urls[2]: 1,
+    }
+    assert len(emulator.task_ids) == 3
+    assert {r["input_url"] for r in records(results)} == set(urls)
 
 
 def test_status_prints_a_line_per_task_in_input_order(invoke, emulator: Emulator) -> None:

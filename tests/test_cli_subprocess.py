@@ -399,7 +399,8 @@ async def test_a_signal_mid_create_records_every_billed_task(
     else:
         assert sorted(cli.stdout.split()) == created
         assert f"Created 5 tasks before {SAID[stop]}." in cli.stderr
-    assert f"To resume: vsr-async watch --jsonl {results}" in cli.stderr
+    assert f"To resume: vsr-async create --model {MODEL} " in cli.stderr
+    assert f"5 of the 10 video URLs have no task in {results} yet" in cli.stderr
     assert "Traceback" not in cli.stderr
 
 
@@ -439,7 +440,10 @@ async def test_a_second_signal_gives_up_the_creates_in_flight_and_prints_the_sum
     given_up = [line.strip() for line in cli.stderr.splitlines() if line.startswith("  ")]
     assert len(set(given_up)) == 2  # the two held, of the first three sent
     assert set(given_up) <= set(urls[:3])
-    assert f"To resume: vsr-async watch --jsonl {results}" in cli.stderr
+    assert f"To resume: vsr-async create --model {MODEL} " in cli.stderr
+    assert f"4 of the 5 video URLs (the 2 above among them) have no task in {results}" in (
+        cli.stderr
+    )
     assert "Interrupted." not in cli.stderr  # no KeyboardInterrupt
     assert "Traceback" not in cli.stderr
 

@@ -26,6 +26,7 @@ from ._options import (
     api_options,
     backend_option,
     collect,
+    command_line,
     concurrency_option,
     download_options,
     exits,
@@ -37,7 +38,7 @@ from ._options import (
     run,
 )
 from ._run import Pace, download_all, query_all, run_batch
-from ._serve import serve
+from ._serve import log_request, serve
 from ._status import StatusPrinter
 from ._tally import Saving, Tally
 
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from vsr_async import AsyncVSRClient
+
+    from ._display import Display
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 MODELS = ", ".join(model.value for model in Model)
@@ -103,7 +106,8 @@ def status(
     metavar="FILE",
     help="Append every transition to FILE as a JSON line, flushed at once and synced to disk "
     "when a task ends. Run the same command again to resume: tasks FILE holds as ended are "
-    "skipped. With no IDs, watch those FILE holds as unfinished.",
+    "skipped, the others go on from their last recorded status. With no IDs, watch those FILE "
+    "holds as unfinished.",
 )
 @download_options
 @pace_options
@@ -145,10 +149,7 @@ def watch(
         tally, to_download = _resume(ids, results, download)
         title = f"Watching {len(ids)} tasks at {client.base_url}"
         display = make_display(tally, plain=plain, title=title)
-        if tally.resumed:
-            display.note(f"{tally.resumed} tasks already ended in {jsonl}: not watched again.")
-        if to_download:
-            display.note(f"{len(to_download)} of them completed without a download: downloading.")
+        _note_resumed(display, tally, to_download, jsonl)
         pace = Pace(interval=interval, timeout=timeout, concurrency=concurrency)
         to_watch = [task_id for task_id in ids if task_id not in tally.outcomes]
         batch = functools.partial(
@@ -162,7 +163,10 @@ def watch(
             to_download=to_download,
             download_concurrency=download_concurrency,
         )
-        return _run_batch(backend, batch, tally, results, resume="run the same command again")
+        code = _run_batch(backend, batch, tally)
+        if tally.interrupted and results is not None:
+            click.echo("To resume: run the same command again", err=True)
+        return code
     finally:
         if results is not None:
             results.close()
@@ -177,8 +181,16 @@ def watch(
     "--jsonl",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    help="Append each new task, and with --watch each transition, to FILE as a JSON line. "
-    "`vsr-async watch --jsonl FILE` later watches the unfinished ones.",
+    help="Append each new task (with its video URL and model), and with --watch each "
+    "transition, to FILE as a JSON line. Run the same command again to resume: a video URL "
+    "FILE holds a task for (with this model) is not created again, and with --watch its task "
+    "is watched if it has not ended. A create that failed is tried again.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Create a task for every video URL, even those the --jsonl FILE holds a task for "
+    "(billed again).",
 )
 @download_options
 @pace_options
@@ -191,6 +203,7 @@ def create(
     files: tuple[IO[str], ...],
     then_watch: bool,
     jsonl: Path | None,
+    force: bool,
     download: Path | None,
     download_concurrency: int,
     interval: float,
@@ -203,7 +216,9 @@ def create(
 ) -> int:
     """Create a task per video URL, concurrently, and print the new IDs.
 
-    Each create is billed and never retried once sent, so a rerun creates them all again.
+    Each create is billed and never retried once sent. With --jsonl, running the same command
+    again creates only the video URLs FILE holds no task for, and prints the IDs of the others
+    (or with --watch, watches them) too.
     """
     if download is not None and not then_watch:
         raise click.UsageError("--download needs --watch: results come as tasks complete")
@@ -217,29 +232,39 @@ def create(
     client = _client(api_key, base_url, concurrency, download, download_concurrency)
     results = _open_results(jsonl)
     try:
-        tally = Tally(saving=None if download is None else Saving(download))
+        held = {} if results is None or force else _held(results, model, urls)
+        creates = [(url, model) for url in urls if url not in held]
+        if results is not None and not force:
+            _note_held(results, len(held), len(urls))
         if then_watch:
+            tally, to_download = _resume(list(held.values()), results, download)
             title = f"Creating and watching {len(urls)} tasks at {client.base_url}"
             display = make_display(tally, plain=plain, title=title)
+            _note_resumed(display, tally, to_download, jsonl)
+            to_watch = [task_id for task_id in held.values() if task_id not in tally.outcomes]
         else:
+            tally, to_download, to_watch = Tally(), [], []
             display = CreatedIds(tally)
+            for task_id in held.values():  # stdout lists the whole batch, for `> ids.txt`
+                click.echo(task_id)
         pace = Pace(interval=interval, timeout=timeout, concurrency=concurrency)
-        creates = [(url, model) for url in urls]
         batch = functools.partial(
             run_batch,
             client,
             tally,
             display,
             pace=pace,
+            ids=to_watch,
             creates=creates,
             watch=then_watch,
             results=results,
+            to_download=to_download,
             download_concurrency=download_concurrency,
         )
-        resume = f"vsr-async watch --jsonl {jsonl}"
-        if download is not None:
-            resume += f" --download {download}"
-        return _run_batch(backend, batch, tally, results, resume=resume, watched=then_watch)
+        code = _run_batch(backend, batch, tally, watched=then_watch)
+        if tally.interrupted and results is not None:
+            _hint_create_again(results, model, urls, tally)
+        return code
     finally:
         if results is not None:
             results.close()
@@ -367,7 +392,10 @@ def emulator(
 ) -> int:
     """Serve the bundled API emulator, to test your own code against; prints its URL and key.
 
-    Tasks created on it end within 4 s, most of them completed. Ctrl-C stops it.
+    Tasks created on it end within 4 s, most of them completed. It counts requests rather than
+    keeping them, so it can serve for days: GET /_emulator/stats answers the counts (total, per
+    status, faults injected, tasks) as JSON, and `vsr-async -v emulator` logs each request on
+    stderr. Ctrl-C stops it.
     """
     _need_emulator_extra()
     faults = Faults(
@@ -377,7 +405,10 @@ def emulator(
         latency=latency,
         malformed_rate=malformed_rate,
     )
-    app = Emulator(api_key=key, seed=seed, faults=faults, loose=loose)
+    # Nothing reads the requests in this process: count them (stats), keep none.
+    app = Emulator(
+        api_key=key, seed=seed, faults=faults, loose=loose, history=0, on_request=log_request
+    )
     try:
         run(backend, serve, app, host, port)
     except OSError as exc:
@@ -422,6 +453,57 @@ def _client(
     return make_client(api_key, base_url, concurrency + download_concurrency)
 
 
+def _note_resumed(
+    display: Display, tally: Tally, to_download: list[str], jsonl: Path | None
+) -> None:
+    """Say what a rerun takes from the results file: tasks ended, results to download."""
+    if tally.resumed:
+        display.note(f"{tally.resumed} tasks already ended in {jsonl}: not watched again.")
+    if to_download:
+        display.note(f"{len(to_download)} of them completed without a download: downloading.")
+
+
+def _held(results: ResultsFile, model: str, urls: list[str]) -> dict[str, str]:
+    """The task ``results`` holds for each of ``urls`` created with ``model`` (the latest, if
+    ``--force`` made several), by URL."""
+    created = {pair: task_id for task_id, pair in results.inputs.items()}
+    return {url: created[model, url] for url in urls if (model, url) in created}
+
+
+def _note_held(results: ResultsFile, held: int, total: int) -> None:
+    """Say which video URLs a create skips, and which earlier tasks it cannot recognise."""
+    if held:
+        click.echo(
+            f"Note: {results.path} holds a task for {held} of the {total} video URLs: not "
+            "created again (--force creates them again).",
+            err=True,
+        )
+    untraced = len(results.task_ids) - len(results.inputs)
+    if untraced:
+        click.echo(
+            f"Note: {results.path} holds {untraced} tasks without the video URL they were "
+            "created from (recorded by `watch`, or by vsr-async 0.1): any of their URLs given "
+            "here is created again.",
+            err=True,
+        )
+
+
+def _hint_create_again(results: ResultsFile, model: str, urls: list[str], tally: Tally) -> None:
+    """After a signal: the command that resumes a create, and what it has left to create."""
+    click.echo(
+        f"To resume: {command_line(click.get_current_context(), leave_out=['force'])}", err=True
+    )
+    created = set(results.inputs.values())
+    missing = sum((model, url) not in created for url in urls)
+    if missing:
+        maybe = f" (the {len(tally.abandoned)} above among them)" if tally.abandoned else ""
+        click.echo(
+            f"{missing} of the {len(urls)} video URLs{maybe} have no task in {results.path} "
+            "yet: that command creates them, and only them.",
+            err=True,
+        )
+
+
 def _resume(
     ids: list[str], results: ResultsFile | None, download: Path | None
 ) -> tuple[Tally, list[str]]:
@@ -460,19 +542,11 @@ def _open_results(path: Path | None) -> ResultsFile | None:
 
 
 def _run_batch(
-    backend: str,
-    batch: Callable[[], Awaitable[None]],
-    tally: Tally,
-    results: ResultsFile | None,
-    *,
-    resume: str,
-    watched: bool = True,
+    backend: str, batch: Callable[[], Awaitable[None]], tally: Tally, *, watched: bool = True
 ) -> int:
-    """Run ``batch`` and say what went wrong; returns the exit code."""
+    """Run ``batch`` and say if the key was refused; returns the exit code."""
     run(backend, batch)
     _report_fatal(tally.fatal)
-    if tally.interrupted and results is not None:
-        click.echo(f"To resume: {resume}", err=True)
     return tally.exit_code(watched=watched)
 
 

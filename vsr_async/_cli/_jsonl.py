@@ -1,12 +1,15 @@
 """Durable results: one JSON line per transition, appended, flushed, and fsynced when final.
 
-With ``--download``, one line per finished download too, fsynced: ``"event": "downloaded"`` with
-the file's absolute ``path`` and its ``bytes``, or ``"event": "download_failed"`` with the
-``error`` (transitions have no ``event``).
+The line written when ``create`` makes a task also holds what it was made from: ``input_url``
+(the video URL sent) and ``model``. With ``--download``, one line per finished download too,
+fsynced: ``"event": "downloaded"`` with the file's absolute ``path`` and its ``bytes``, or
+``"event": "download_failed"`` with the ``error`` (transitions have no ``event``).
 
-A rerun reads the file back to skip the tasks it already holds as ``completed`` or ``failed``,
-and the downloads it holds as done. A last line torn by a crash is cut off; any other line that
-is not one of our records makes the file refused, so a wrong path never gets written to (or cut).
+A rerun reads the file back: it skips the tasks it holds as ``completed`` or ``failed``, the
+downloads it holds as done and (``create``) the video URLs it holds a task for, and starts each
+other task from its last recorded status. A last line torn by a crash is cut off; any other
+line that is not one of our records makes the file refused, so a wrong path never gets written
+to (or cut).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 
+from vsr_async import Transition
+
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from vsr_async import Task, Transition, VSRError
+    from vsr_async import Task, VSRError
 
     from ._tally import Saved
 
@@ -70,6 +75,16 @@ def transition_record(transition: Transition) -> dict[str, Any]:
     }
 
 
+def created_record(task: Task, video_url: str, model: str) -> dict[str, Any]:
+    """The line recording a new task: its first transition, and the ``input_url`` and ``model``
+    it was created from, by which a rerun of ``create`` knows not to create it again."""
+    return {
+        **transition_record(Transition(task.id, None, task)),
+        "input_url": video_url,
+        "model": model,
+    }
+
+
 def download_record(saved: Saved) -> dict[str, Any]:
     """The line saying how a task's download ended: its file, or why there is none."""
     return {
@@ -104,18 +119,25 @@ def _now() -> str:
 class ResultsFile:
     """An append-only JSONL file of transitions. `open` it before use, `close` it after.
 
+    What it holds is read by `open` and kept up to date by `append`.
+
     Attributes:
         task_ids: Every task the file has a record of, in the order first written.
+        statuses: The last status recorded of each task.
         finished: The last terminal record of each task the file holds as ended.
         downloaded: The ``downloaded`` record of each task whose result the file holds as saved.
+        inputs: The ``(model, input_url)`` each task was created from, of the tasks that
+            ``create`` recorded.
         cut_torn_line: Whether `open` cut off a last line torn by a crash.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.task_ids: dict[str, None] = {}  # a set that keeps the order
+        self.statuses: dict[str, str] = {}
         self.finished: dict[str, dict[str, Any]] = {}
         self.downloaded: dict[str, dict[str, Any]] = {}
+        self.inputs: dict[str, tuple[str, str]] = {}
         self.cut_torn_line = False
         self._file: BinaryIO | None = None
 
@@ -146,6 +168,7 @@ class ResultsFile:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         self._file.write(line.encode())
         self._file.flush()
+        self._index(record)
         if durable:
             await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
 
@@ -191,12 +214,21 @@ class ResultsFile:
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("task_id"), str):
             raise self._not_ours(number)
+        self._index(record)
+
+    def _index(self, record: dict[str, Any]) -> None:
         task_id = record["task_id"]
         self.task_ids[task_id] = None
-        if record.get("event") == DOWNLOADED_EVENT:
+        event, status = record.get("event"), record.get("status")
+        if event == DOWNLOADED_EVENT:
             self.downloaded[task_id] = record
-        elif record.get("status") in TERMINAL:
-            self.finished[task_id] = record
+        elif event is None and isinstance(status, str):  # a transition
+            self.statuses[task_id] = status
+            if status in TERMINAL:
+                self.finished[task_id] = record
+        input_url, model = record.get("input_url"), record.get("model")
+        if isinstance(input_url, str) and isinstance(model, str):
+            self.inputs[task_id] = (model, input_url)
 
     def _not_ours(self, number: int) -> ResultsFileError:
         return ResultsFileError(

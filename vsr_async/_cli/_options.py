@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
+from click.core import ParameterSource
 
 from vsr_async import AsyncVSRClient
 from vsr_async._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_INTERVAL, DEFAULT_MAX_CONNECTIONS
@@ -34,6 +36,7 @@ Exit codes:
   0    every task completed (or was created, for create without --watch), and every result
        to download is saved (or was there already)
   1    some task failed, was given up, or could not be created, queried or downloaded
+       (demo: 0 when each of its tasks ended exactly once, its failures by design included)
   2    usage or configuration error: a bad flag, no API key, an invalid ID
   3    the API refused the key (401 or 403)
   130  interrupted (Ctrl-C, SIGINT): creates in flight are answered and recorded, the
@@ -255,6 +258,37 @@ def collect(
     return items
 
 
+def command_line(ctx: click.Context, *, leave_out: Iterable[str] = ()) -> str:
+    """The command being run, quoted for a shell, as a hint to run it again: its options as
+    given on the command line (never ``--api-key``: the key is not printed; nor ``leave_out``,
+    by parameter name), then its arguments."""
+    options: list[str] = []
+    arguments: list[str] = []
+    skip = {"api_key", *leave_out}
+    for param in ctx.command.params:
+        name = param.name
+        if name in skip or ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[name]
+        values = value if isinstance(value, tuple) else (value,)
+        if isinstance(param, click.Argument):
+            arguments += [_word(each) for each in values]
+        elif isinstance(param, click.Option) and param.is_flag:
+            options.append(max(param.opts, key=len))
+        else:
+            for each in values:
+                options += [max(param.opts, key=len), _word(each)]
+    return shlex.join([*ctx.command_path.split(), *options, *arguments])
+
+
+def _word(value: object) -> str:
+    """An option's value as it was typed: a file by its name (``-`` for stdin)."""
+    if not hasattr(value, "read"):
+        return str(value)
+    name = _name(value)
+    return "-" if name == "stdin" else name
+
+
 def make_directory(path: Path) -> None:
     """Create ``path`` (and its parents) if missing, or say why it cannot be used."""
     try:
@@ -263,7 +297,7 @@ def make_directory(path: Path) -> None:
         raise ConfigError(f"cannot use {path} as the download directory: {exc.strerror}") from None
 
 
-def _name(source: IO[str]) -> str:
+def _name(source: object) -> str:
     name = getattr(source, "name", "<stdin>")
     return "stdin" if name in ("<stdin>", "-") else str(name)
 

@@ -13,10 +13,11 @@ import anyio.lowlevel
 import attrs
 import click
 
-from vsr_async import TaskStatus, Transition, VSRError
+from vsr_async import TaskStatus, VSRError
+from vsr_async._validate import check_model
 
 from ._download import save
-from ._jsonl import download_record, transition_record
+from ._jsonl import created_record, download_record, transition_record
 from ._tally import FATAL, exit_code
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from vsr_async import AsyncVSRClient, Model, Task, Watcher
+    from vsr_async import AsyncVSRClient, Model, Task, Transition, Watcher
 
     from ._display import Display
     from ._download import SavedLines
@@ -109,7 +110,8 @@ async def run_batch(
 ) -> None:
     """Create tasks from ``creates`` and watch them and ``ids`` until all end, or a signal.
 
-    Everything that happens goes to ``tally``, ``display`` and ``results``; a refused key
+    Everything that happens goes to ``tally``, ``display`` and ``results``; a task that
+    ``results`` already holds is watched from its last recorded status. A refused key
     stops the batch with ``tally.fatal`` set. ``after_creates`` is called once every create
     has been answered. With ``tally.saving``, each task's result is downloaded as soon as it
     completes, ``download_concurrency`` at a time, and so are those of ``to_download`` (IDs of
@@ -118,7 +120,8 @@ async def run_batch(
     last, however the batch ended.
     """
     slots = anyio.CapacityLimiter(download_concurrency)
-    batch = _Batch(client, tally, display, results, pace, slots)
+    recorded = {} if results is None else dict(results.statuses)
+    batch = _Batch(client, tally, display, results, pace, slots, recorded=recorded)
 
     async def work(task_group: TaskGroup) -> None:
         batch.stop = task_group.cancel_scope
@@ -160,8 +163,9 @@ class _Batch:
     pace: Pace
     download_slots: anyio.CapacityLimiter
     stop: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
-    #: The status recorded at creation, so the watch's first sighting is not recorded twice.
-    created: dict[str, str] = attrs.field(factory=dict)
+    #: Each task's last recorded status (in the results file, or at its creation) until the
+    #: watch first sees it: that sighting is a change only if the status differs.
+    recorded: dict[str, str] = attrs.field(factory=dict)
     #: Where downloads run, with ``--download``.
     downloads: TaskGroup | None = None
     #: The creates in flight: a scope that gives each up, and its video URL.
@@ -202,8 +206,10 @@ class _Batch:
 
     async def observe(self, transition: Transition) -> None:
         self.tally.observe(transition)
-        self.display.transition(transition)
-        await self.record(transition)
+        change = self.since_recorded(transition)
+        if change is not None:
+            self.display.transition(change)
+            await self.record(change)
         task = transition.task
         if (
             self.downloads is not None
@@ -213,10 +219,22 @@ class _Batch:
         ):
             self.downloads.start_soon(self.download, task)
 
+    def since_recorded(self, transition: Transition) -> Transition | None:
+        """``transition`` as a change from the task's recorded status, or ``None`` if it is none.
+
+        The watch reports a task's first sighting as new (no ``previous``); a task created by
+        this run, or held by the results file of an earlier one, is not new.
+        """
+        if transition.previous is not None:
+            return transition
+        recorded = self.recorded.pop(transition.task_id, None)
+        if recorded is None:
+            return transition
+        if transition.error is None and str(transition.status).casefold() == recorded.casefold():
+            return None
+        return attrs.evolve(transition, previous=recorded)
+
     async def record(self, transition: Transition) -> None:
-        first_sighting = transition.previous is None
-        if first_sighting and self.created.pop(transition.task_id, None) == str(transition.status):
-            return  # recorded when created
         if self.results is not None:
             record = transition_record(transition)
             await self.results.append(record, durable=transition.is_final)
@@ -248,7 +266,7 @@ class _Batch:
                             del self.in_flight[give_up]
                     if give_up.cancelled_caught:
                         return
-                    await self.record_created(task, video_url)
+                    await self.record_created(task, video_url, model)
                 if watcher is not None:
                     watcher.add(task.id)
 
@@ -256,13 +274,14 @@ class _Batch:
             for _ in range(self.pace.concurrency):
                 task_group.start_soon(create)
 
-    async def record_created(self, task: Task, video_url: str) -> None:
-        """Count, show and durably record a new task: it is billed, its ID must not be lost."""
+    async def record_created(self, task: Task, video_url: str, model: Model | str) -> None:
+        """Count, show and durably record a new task, with what it was created from: it is
+        billed, its ID must not be lost, and a rerun must not create it again."""
         self.tally.expect(task.id)
         self.display.created(task.id, video_url)
+        self.recorded[task.id] = str(task.status)
         if self.results is not None:
-            self.created[task.id] = str(task.status)
-            record = transition_record(Transition(task.id, None, task))
+            record = created_record(task, video_url, check_model(model))
             await self.results.append(record, durable=True)
 
     async def download(self, source: Task | str) -> None:
