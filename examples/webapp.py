@@ -7,6 +7,10 @@
     GET  /tasks/{id}/events           Server-Sent Events: one ``transition`` event per status
                                       change, ending at completed or failed
 
+Both waiting routes take ``?interval=`` (seconds between polls), held between `MIN_INTERVAL`
+and `MAX_INTERVAL`; both stop polling when the client disconnects. A malformed parameter or
+body answers 400 or 422 with ``{"detail": ..., "parameter": ...}``.
+
 The key and URL come from ``VSR_API_KEY`` and ``VSR_BASE_URL``. Try it against the emulator:
 run ``vsr-async emulator`` in one terminal, paste the ``export`` lines it prints into another,
 then ``hypercorn examples.webapp:app`` (or uvicorn) and ``curl -N localhost:8000/tasks/ID/events``.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,7 +28,14 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vsr_async import AsyncVSRClient, Model, Task, TaskNotFoundError, Transition
+from vsr_async import (
+    AsyncVSRClient,
+    BadRequestError,
+    Model,
+    Task,
+    TaskNotFoundError,
+    Transition,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -31,10 +43,56 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.types import Receive, Scope, Send
 
-#: Seconds between two polls of a task streamed to a browser.
-POLL_INTERVAL = 5.0
-#: The longest /wait a caller may ask for, in seconds.
+#: Seconds between two polls of one task: the provider asks for 5 to 10. A caller's
+#: ``?interval=`` is held between these (it defaults to `MIN_INTERVAL`).
+MIN_INTERVAL = 5.0
+MAX_INTERVAL = 10.0
+#: The longest /wait a caller may ask for, in seconds (and its default).
 MAX_WAIT = 60.0
+
+
+class BadInput(Exception):  # noqa: N818 (answered as a 4xx, not an error of the app)
+    """A query parameter or body field the app refuses: answered by `bad_input`."""
+
+    def __init__(self, parameter: str, detail: str, *, status_code: int = 400) -> None:
+        super().__init__(detail)
+        self.parameter = parameter
+        self.status_code = status_code
+
+
+async def bad_input(request: Request, exc: Exception) -> Response:  # noqa: ARG001
+    """The app's answer to `BadInput`: its status and a short JSON error."""
+    assert isinstance(exc, BadInput)  # noqa: S101 (registered for BadInput only)
+    return JSONResponse({"detail": str(exc), "parameter": exc.parameter}, exc.status_code)
+
+
+def seconds_param(request: Request, name: str, default: float) -> float:
+    """The query parameter ``name`` as a finite number of seconds > 0, or ``default``."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise BadInput(name, f"{name} must be a number of seconds > 0, got {raw[:40]!r}")
+    return value
+
+
+def interval_param(request: Request) -> float:
+    """The caller's ``?interval=``, held between `MIN_INTERVAL` and `MAX_INTERVAL`."""
+    interval = seconds_param(request, "interval", MIN_INTERVAL)
+    return min(max(interval, MIN_INTERVAL), MAX_INTERVAL)
+
+
+async def until_disconnected(receive: Receive) -> None:
+    """Return when the ASGI server reports that the client has gone (``http.disconnect``).
+
+    Only for a request whose body is read already or empty: this consumes it.
+    """
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def task_json(task: Task) -> dict[str, Any]:
@@ -55,19 +113,34 @@ def client_of(request: Request) -> AsyncVSRClient:
 
 
 async def create_task(request: Request) -> Response:
-    body = await request.json()
     try:
-        task = await client_of(request).create_task(
-            body["video_url"], model=body.get("model", Model.SUPER_RESOLUTION_1080P_LOWFPS)
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        return JSONResponse({"detail": f"invalid request: {exc}"}, status_code=422)
+        body = await request.json()
+    except ValueError:  # not JSON, or not UTF-8
+        raise BadInput("body", "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadInput("body", "the body must be a JSON object", status_code=422)
+    video_url = body.get("video_url")
+    if not isinstance(video_url, str):
+        raise BadInput("video_url", "video_url must be an http(s) URL string", status_code=422)
+    model = body.get("model", Model.SUPER_RESOLUTION_1080P_LOWFPS.value)
+    if not isinstance(model, str) or not model.strip() or model != model.strip():
+        example = Model.SUPER_RESOLUTION_1080P_LOWFPS.value
+        detail = f"model must be a model name such as {example!r}"
+        raise BadInput("model", detail, status_code=422)
+    try:
+        task = await client_of(request).create_task(video_url, model=model)
+    except ValueError as exc:  # the client's own check of video_url (model passed ours)
+        raise BadInput("video_url", str(exc), status_code=422) from None
+    except BadRequestError as exc:  # the provider's checks: an unknown model, say
+        raise BadInput("body", f"the API refused it: {exc.message}", status_code=422) from None
     return JSONResponse(task_json(task), status_code=201)
 
 
 async def get_task(request: Request) -> Response:
     try:
         task = await client_of(request).get_task(request.path_params["task_id"])
+    except ValueError as exc:
+        raise BadInput("task_id", str(exc)) from None
     except TaskNotFoundError:
         return JSONResponse({"detail": "no such task"}, status_code=404)
     return JSONResponse(task_json(task))
@@ -76,19 +149,37 @@ async def get_task(request: Request) -> Response:
 async def wait_task(request: Request) -> Response:
     client = client_of(request)
     task_id = request.path_params["task_id"]
-    timeout = min(float(request.query_params.get("timeout", MAX_WAIT)), MAX_WAIT)
-    interval = float(request.query_params.get("interval", POLL_INTERVAL))
+    timeout = min(seconds_param(request, "timeout", MAX_WAIT), MAX_WAIT)
+    interval = interval_param(request)
     last: Task | None = None
-    try:
+    error: Exception | None = None
+    # A plain endpoint is not cancelled when the client goes (not under uvicorn, at least):
+    # the wait runs next to a listener for the disconnect, which cancels it.
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_on_disconnect() -> None:
+            await until_disconnected(request.receive)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(cancel_on_disconnect)
         # A watch of one task, so a timeout can answer with the last state seen.
         with anyio.move_on_after(timeout):
-            async with client.watch([task_id], interval=interval) as watcher:
-                async for transition in watcher:
-                    if transition.error is not None:
-                        raise transition.error
-                    last = transition.task
-    except TaskNotFoundError:
+            try:
+                async with client.watch([task_id], interval=interval) as watcher:
+                    async for transition in watcher:
+                        if transition.error is not None:
+                            error = transition.error
+                            break
+                        last = transition.task
+            except ValueError as exc:  # an invalid task ID
+                error = exc
+        tg.cancel_scope.cancel()  # the wait is over: stop listening
+    if isinstance(error, ValueError):
+        raise BadInput("task_id", str(error))
+    if isinstance(error, TaskNotFoundError):
         return JSONResponse({"detail": "no such task"}, status_code=404)
+    if error is not None:
+        raise error
     if last is None:
         return JSONResponse({"id": task_id, "status": None}, status_code=202)
     return JSONResponse(task_json(last), status_code=200 if last.is_terminal else 202)
@@ -96,12 +187,15 @@ async def wait_task(request: Request) -> Response:
 
 async def task_events(request: Request) -> Response:
     client = client_of(request)
+    task_id = request.path_params["task_id"]
+    interval = interval_param(request)
     try:
-        await client.get_task(request.path_params["task_id"])  # a 404 before the stream starts
+        await client.get_task(task_id)  # a 404 before the stream starts
+    except ValueError as exc:
+        raise BadInput("task_id", str(exc)) from None
     except TaskNotFoundError:
         return JSONResponse({"detail": "no such task"}, status_code=404)
-    interval = float(request.query_params.get("interval", POLL_INTERVAL))
-    return TransitionStream(client, request.path_params["task_id"], interval=interval)
+    return TransitionStream(client, task_id, interval=interval)
 
 
 def sse_event(transition: Transition) -> bytes:
@@ -139,8 +233,7 @@ class TransitionStream(Response):
         async with anyio.create_task_group() as tg:
 
             async def cancel_on_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
+                await until_disconnected(receive)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(cancel_on_disconnect)
@@ -168,4 +261,5 @@ app = Starlette(
         Route("/tasks/{task_id}/events", task_events),
     ],
     lifespan=lifespan,
+    exception_handlers={BadInput: bad_input},
 )
