@@ -6,7 +6,10 @@ A sample is a fenced ``python`` block. The line just before its fence may mark i
   elsewhere); the reason is required.
 - ``<!-- docs-test: pytester -->``: a pytest file, run with ``pytester`` by test_pytest_plugin.py.
 
-Every other sample is run by test_docs.py.
+Every other sample is run by test_docs.py. The samples of the pages in ``PROGRAM_PAGES`` are
+complete programs (they start their own event loop): each runs as is, in a worker thread, with
+nothing but the emulator's ``VSR_API_KEY`` and ``VSR_BASE_URL`` in the environment. The others
+use top-level ``await`` and the names the harness provides (see docs/index.md).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import attrs
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PROGRAM_PAGES = frozenset({ROOT / "docs" / "quickstart.md"})
 
 _FENCE = re.compile(
     r"(?:^<!-- docs-test: (?P<mark>[^\n]*?) -->\n)?^```python\n(?P<code>.*?)^```$",
@@ -35,6 +39,11 @@ class Sample:
     code: str
     mark: str | None  # None (run it), "skip" or "pytester"
     reason: str | None = None
+
+    @property
+    def program(self) -> bool:
+        """A complete program, run as is with no name provided."""
+        return self.page in PROGRAM_PAGES
 
     @property
     def name(self) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import contextlib
 import inspect
 import re
 
 import anyio
 import pytest
-from _doc_samples import ROOT, samples
+from _doc_samples import PROGRAM_PAGES, ROOT, samples
 
 from vsr_async import AsyncVSRClient, Model
 from vsr_async.testing import Emulator, EmulatorServer, Timeline
@@ -17,6 +18,7 @@ from vsr_async.testing import Emulator, EmulatorServer, Timeline
 pytestmark = pytest.mark.anyio
 
 RUNNABLE = [sample for sample in samples() if sample.mark is None]
+PROGRAMS = [sample for sample in RUNNABLE if sample.program]
 
 
 @pytest.fixture
@@ -48,6 +50,11 @@ async def namespace(monkeypatch, tmp_path):
 @pytest.mark.parametrize("sample", RUNNABLE, ids=[sample.name for sample in RUNNABLE])
 async def test_sample_runs(sample, namespace) -> None:
     """The sample runs to its end against the emulator, on asyncio and trio."""
+    if sample.program:  # runs its own event loop: in a thread, with nothing provided
+        code = compile(sample.code, sample.name, "exec")
+        with anyio.fail_after(60):
+            await anyio.to_thread.run_sync(exec, code, {"__name__": "__main__"})
+        return
     code = compile(sample.code, sample.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     with anyio.fail_after(60):  # a guard against a hang: samples take milliseconds
         result = eval(code, dict(namespace))  # noqa: S307 (our own documentation)
@@ -65,6 +72,38 @@ def test_every_sample_is_run_or_says_why_not() -> None:
         assert sample.mark != "skip" or sample.reason, sample.name
     skipped = [sample.name for sample in every if sample.mark == "skip"]
     assert len(skipped) <= 4, skipped
+
+
+def _free_names(code: str) -> set[str]:
+    """The names a sample reads but neither binds nor imports (nor gets from builtins)."""
+    tree = ast.parse(code)
+    bound: set[str] = set(dir(builtins))
+    read: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.alias):
+            bound.add(node.asname or node.name.partition(".")[0])
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return read - bound
+
+
+def test_quick_start_samples_are_complete_programs() -> None:
+    """The quick start's samples are all run, as programs: they start their own event loop, use
+    no top-level ``await`` and no name the harness provides (``task_id``, ``client``...)."""
+    quickstart = [sample for sample in samples() if sample.page in PROGRAM_PAGES]
+    assert quickstart
+    assert all(sample.mark is None for sample in quickstart), [s.name for s in quickstart]
+    assert quickstart == PROGRAMS
+    for sample in quickstart:
+        compile(sample.code, sample.name, "exec")  # a SyntaxError if it awaits at top level
+        assert _free_names(sample.code) == set(), sample.name
+        assert re.search(r"^(anyio|trio)\.run\(main", sample.code, re.MULTILINE), sample.name
 
 
 def test_every_page_is_in_the_site() -> None:
