@@ -161,6 +161,33 @@ def test_download_skips_a_file_already_there_unless_overwrite(
     _check_saved(emulator, tmp_path, [mine, missing])
 
 
+def test_a_resumed_download_counts_what_was_fetched_now_apart(
+    invoke, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A ``.part`` an earlier run left is resumed, not fetched again: the line gives the whole
+    file's size, the summary the bytes fetched now and those resumed; a part of another version
+    of the file is dropped, and all of it counts as fetched now."""
+    kept = 1_000_000
+    resumed, stale, fresh = add_tasks(emulator, "ccc", first=0, step=0)
+    (tmp_path / f"{resumed}.mp4.part").write_bytes(emulator.video_bytes(resumed)[:kept])
+    (tmp_path / f"{resumed}.mp4.part.etag").write_text(emulator.etag(resumed))
+    result = invoke("download", "-o", str(tmp_path), resumed)
+    assert result.exit_code == 0, result.output
+    assert _fields(result)[resumed] == ["downloaded", str(tmp_path / f"{resumed}.mp4"), str(SIZE)]
+    (request,) = file_requests(emulator, resumed)
+    assert request.headers["range"] == f"bytes={kept}-"
+    assert result.stderr.startswith(
+        "Done: 1 downloaded (2.1 MB: 1.1 MB fetched now, 1.0 MB resumed); 1 tasks, into "
+    )
+
+    (tmp_path / f"{stale}.mp4.part").write_bytes(b"x" * kept)
+    (tmp_path / f"{stale}.mp4.part.etag").write_text('"an-older-version"')
+    result = invoke("download", "-o", str(tmp_path), stale, fresh)
+    assert result.exit_code == 0, result.output
+    assert "Done: 2 downloaded (4.2 MB); 2 tasks" in result.stderr
+    _check_saved(emulator, tmp_path, [resumed, stale, fresh])
+
+
 def test_download_checks_every_id_before_creating_anything(tmp_path: Path) -> None:
     """IDs from --from-file are checked like the other commands' (named by file and line),
     before the directory is created or anything is sent: exit 2."""
@@ -384,6 +411,7 @@ async def test_ctrl_c_mid_download_keeps_the_part_and_a_rerun_resumes_it(
     assert second.returncode == 0, second.stderr
     (request,) = file_requests(emulator, task_id)
     assert request.headers["range"] == f"bytes={kept}-"
+    assert f"MB resumed); 1 tasks, into {tmp_path}" in second.stderr
     assert request.status_code == 206
     _check_saved(emulator, tmp_path, [task_id])
 

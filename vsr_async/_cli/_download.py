@@ -2,7 +2,8 @@
 
 Each result goes into one directory, named by the library (the task ID and the URL's
 extension). A file already there is left as it is unless ``--overwrite``; a ``.part`` file left by
-an interrupted run is resumed by the library.
+an interrupted run is resumed by the library, and the summary tells those bytes from the ones
+fetched now.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import collections
 from typing import TYPE_CHECKING
 
 import anyio
+import attrs
 import click
 from rich import filesize
 from rich.console import Console
@@ -49,6 +51,37 @@ if TYPE_CHECKING:
     OnProgress = Callable[[int, int | None], object]
 
 
+@attrs.frozen
+class Downloaded(Saved):
+    """A file saved now (`DOWNLOADED`): its `Saved` record, and how many of its bytes were
+    already in a ``.part`` an earlier run left (resumed, not fetched again)."""
+
+    resumed: int = 0
+
+
+def resumed_bytes(saved: Saved) -> int:
+    """The bytes of a file saved now that an earlier run had fetched (0 for any other)."""
+    return saved.resumed if isinstance(saved, Downloaded) else 0
+
+
+class _Kept:
+    """A download's progress callback that also learns how much of the file it started with:
+    each request's body is reported from the bytes on disk, so the least ``done`` reported is
+    what an earlier run left (0 if the part was dropped and started over)."""
+
+    def __init__(self, forward: OnProgress | None) -> None:
+        self.forward = forward
+        self.least: int | None = None  # None: nothing fetched, the part held the whole file
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.least = done if self.least is None else min(self.least, done)
+        if self.forward is not None:
+            self.forward(done, total)
+
+    def resumed(self, size: int) -> int:
+        return size if self.least is None else min(self.least, size)
+
+
 async def save(
     client: AsyncVSRClient,
     source: Task | str,
@@ -60,6 +93,7 @@ async def save(
     """Download the result of ``source`` (a fresh snapshot, or an ID to query) into ``directory``.
 
     ``progress(task_id, path)``, if given, returns the callback of that file's download.
+    A file saved now is a `Downloaded`, which says how much of it was resumed from a ``.part``.
     Raises only for a refused key; any other failure is the returned `Saved`'s.
     """
     task_id = source if isinstance(source, str) else source.id
@@ -68,9 +102,10 @@ async def save(
         path = destination(directory, task.id, result_url(task))
         if not overwrite and await anyio.Path(path).exists():
             return Saved(task_id, EXISTS, path, (await anyio.Path(path).stat()).st_size)
-        callback = None if progress is None else progress(task_id, path)
-        path = await client.download(task, directory, overwrite=overwrite, progress=callback)
-        return Saved(task_id, DOWNLOADED, path, (await anyio.Path(path).stat()).st_size)
+        kept = _Kept(None if progress is None else progress(task_id, path))
+        path = await client.download(task, directory, overwrite=overwrite, progress=kept)
+        size = (await anyio.Path(path).stat()).st_size
+        return Downloaded(task_id, DOWNLOADED, path, size, resumed=kept.resumed(size))
     except FATAL:
         raise
     except (VSRError, OSError) as exc:
@@ -90,10 +125,19 @@ def _why(exc: Exception) -> tuple[str, str]:
 
 
 def summary(saved: Sequence[Saved], total: int, directory: Path, *, interrupted: bool) -> str:
-    """``download``'s last line: how many files were saved, found, not saved, not finished."""
+    """``download``'s last line: how many files were saved, found, not saved, not finished.
+
+    The size is of the files saved now; when some of it was resumed from ``.part`` files an
+    earlier run left, the line says how much was fetched now and how much resumed.
+    """
     counts = collections.Counter(each.status for each in saved)
     size = sum(each.size or 0 for each in saved if each.status == DOWNLOADED)
-    parts = [f"{counts[DOWNLOADED]} downloaded ({filesize.decimal(size)})"]
+    resumed = sum(resumed_bytes(each) for each in saved)
+    sizes = filesize.decimal(size)
+    if resumed:
+        fetched = filesize.decimal(size - resumed)
+        sizes += f": {fetched} fetched now, {filesize.decimal(resumed)} resumed"
+    parts = [f"{counts[DOWNLOADED]} downloaded ({sizes})"]
     if counts[EXISTS]:
         parts.append(f"{counts[EXISTS]} already there (skipped)")
     if failed := sum(not each.ok for each in saved):
