@@ -11,6 +11,7 @@ from typing import IO, TYPE_CHECKING
 import click
 
 from vsr_async import Model, __version__
+from vsr_async._config import BASE_URL_ENV
 from vsr_async._validate import check_model, check_task_id
 from vsr_async.testing import Emulator, Faults
 
@@ -22,6 +23,7 @@ from ._jsonl import ResultsFile, ResultsFileError
 from ._options import (
     DEFAULT_DOWNLOAD_CONCURRENCY,
     EXIT_CODES,
+    STATUS_EXIT_CODES,
     ConfigError,
     api_options,
     backend_option,
@@ -36,6 +38,8 @@ from ._options import (
     pace_options,
     plain_option,
     run,
+    unreachable,
+    verbose_option,
 )
 from ._run import Pace, download_all, query_all, run_batch
 from ._serve import log_request, serve
@@ -67,12 +71,16 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     _log_to_stderr(ctx, logging.DEBUG if verbose else logging.WARNING)
 
 
-@cli.command(epilog=EXIT_CODES)
+@cli.command(epilog=STATUS_EXIT_CODES)
 @click.argument("task_ids", nargs=-1, metavar="[ID|-]...")
 @from_file_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per task and line.")
 @concurrency_option
-@plain_option
+@click.option(
+    "--plain",
+    is_flag=True,
+    help="Tab-separated lines, even on a terminal (as off one, or with NO_COLOR).",
+)
 @api_options
 @exits
 def status(
@@ -84,16 +92,26 @@ def status(
     plain: bool,
     api_key: str | None,
     base_url: str | None,
+    rate_limit: float | None,
     backend: str,
 ) -> int:
     """Query each task once, concurrently: a table on a terminal, else one line per task."""
     ids = collect(task_ids, files, check_task_id, what="task IDs")
-    client = make_client(api_key, base_url, concurrency)
+    client = make_client(api_key, base_url, concurrency, rate_limit=rate_limit)
     printer = StatusPrinter(as_json=as_json, table=use_live_display(plain=plain))
     query = functools.partial(query_all, client, ids, concurrency=concurrency, show=printer.show)
     outcome = run(backend, query)
     printer.close()
     _report_fatal(outcome.fatal)
+    if outcome.unreachable:
+        click.echo(f"Error: {unreachable(client.base_url)}", err=True)
+    elif ids and outcome.foreign_not_found == len(ids):
+        click.echo(
+            f"Hint: every task is 'not found', each answered by a 404 that is not the API's: "
+            f"is {client.base_url} the API's root URL, its path included? Check "
+            f"{BASE_URL_ENV} (or --base-url).",
+            err=True,
+        )
     return outcome.exit_code()
 
 
@@ -126,6 +144,7 @@ def watch(
     plain: bool,
     api_key: str | None,
     base_url: str | None,
+    rate_limit: float | None,
     backend: str,
 ) -> int:
     """Watch tasks, all at once, until each has completed or failed.
@@ -139,7 +158,9 @@ def watch(
         raise click.UsageError(
             f"no task IDs: give some, or a --jsonl file that has some ({jsonl} does not exist)"
         )
-    client = _client(api_key, base_url, concurrency, download, download_concurrency)
+    client = _client(
+        api_key, base_url, concurrency, download, download_concurrency, rate_limit=rate_limit
+    )
     results = _open_results(jsonl)
     try:
         if results is not None and resume_only:
@@ -212,6 +233,7 @@ def create(
     plain: bool,
     api_key: str | None,
     base_url: str | None,
+    rate_limit: float | None,
     backend: str,
 ) -> int:
     """Create a task per video URL, concurrently, and print the new IDs.
@@ -229,7 +251,9 @@ def create(
         raise click.BadParameter(str(exc), param_hint="'--model'") from None
     if model not in {known.value for known in Model}:
         click.echo(f"Warning: {model!r} is not a model this version knows; trying it.", err=True)
-    client = _client(api_key, base_url, concurrency, download, download_concurrency)
+    client = _client(
+        api_key, base_url, concurrency, download, download_concurrency, rate_limit=rate_limit
+    )
     results = _open_results(jsonl)
     try:
         held = {} if results is None or force else _held(results, model, urls)
@@ -306,6 +330,7 @@ def download(
     plain: bool,
     api_key: str | None,
     base_url: str | None,
+    rate_limit: float | None,
     backend: str,
 ) -> int:
     """Download the result video of each completed task into DIR, several at once.
@@ -318,7 +343,7 @@ def download(
     """
     ids = collect(task_ids, files, check_task_id, what="task IDs")
     make_directory(directory)
-    client = make_client(api_key, base_url, concurrency)
+    client = make_client(api_key, base_url, concurrency, rate_limit=rate_limit)
     printer = make_printer(directory, len(ids), plain=plain)
     outcome = run(
         backend,
@@ -375,6 +400,7 @@ def download(
     "--loose", is_flag=True, help="Answer as loosely as this provider family sometimes does."
 )
 @backend_option
+@verbose_option
 @exits
 def emulator(
     *,
@@ -423,6 +449,7 @@ def emulator(
 @click.option("--seed", type=int, help="Make the run reproducible.")
 @plain_option
 @backend_option
+@verbose_option
 @exits
 def demo(tasks: int, seed: int | None, plain: bool, backend: str) -> int:
     """Create and watch a few dozen tasks on the bundled emulator, while it injects faults.
@@ -444,13 +471,15 @@ def _client(
     concurrency: int,
     download: Path | None,
     download_concurrency: int,
+    *,
+    rate_limit: float | None,
 ) -> AsyncVSRClient:
     """The client of a batch, after making the download directory if there is one: downloads
     get connections of their own, so polls keep theirs."""
     if download is None:
-        return make_client(api_key, base_url, concurrency)
+        return make_client(api_key, base_url, concurrency, rate_limit=rate_limit)
     make_directory(download)
-    return make_client(api_key, base_url, concurrency + download_concurrency)
+    return make_client(api_key, base_url, concurrency + download_concurrency, rate_limit=rate_limit)
 
 
 def _note_resumed(

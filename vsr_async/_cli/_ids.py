@@ -62,7 +62,7 @@ class Collected:
 
     def _add(self, item: str, where: str, check: Callable[[str], object]) -> None:
         if len(item.split()) > 1:
-            self._problems.append(f"{where}: {item[:80]!r} holds more than one item")
+            self._problems.append(f"{where}: {item[:80]!r} {_why_split(item)}")
             return
         try:
             check(item)
@@ -74,6 +74,13 @@ class Collected:
         else:
             self._seen.add(item)
             self.items.append(item)
+
+
+def _why_split(item: str) -> str:
+    """What is wrong with an item that has whitespace inside."""
+    if "://" in item.split(maxsplit=1)[0]:
+        return "has a space in it: a URL cannot contain spaces (write each as %20)"
+    return "holds more than one item: give one per line"
 
 
 def check_video_url(url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 import shlex
 import sys
@@ -41,6 +42,16 @@ Exit codes:
   3    the API refused the key (401 or 403)
   130  interrupted (Ctrl-C, SIGINT): creates in flight are answered and recorded, the
        summary so far is printed; a second Ctrl-C or SIGTERM stops without waiting for them
+  143  stopped by SIGTERM (docker stop, systemd, Kubernetes): the same clean stop as 130"""
+
+#: ``status`` only queries: its exit codes, without creates, downloads or the demo.
+STATUS_EXIT_CODES = """\b
+Exit codes:
+  0    every task was queried, and none has failed
+  1    some task failed, or could not be queried (not found, unreachable, an error)
+  2    usage or configuration error: a bad flag, no API key, an invalid ID
+  3    the API refused the key (401 or 403)
+  130  interrupted (Ctrl-C, SIGINT): the answers so far are printed
   143  stopped by SIGTERM (docker stop, systemd, Kubernetes): the same clean stop as 130"""
 
 
@@ -96,7 +107,7 @@ def _only(kind: type[BaseException], exc: BaseException) -> bool:
 
 
 def api_options(command: F) -> F:
-    """``--api-key``, ``--base-url`` and ``--backend``."""
+    """``--api-key``, ``--base-url``, ``--rate-limit``, ``--backend`` and ``-v``."""
     for option in reversed(
         [
             click.option(
@@ -112,7 +123,16 @@ def api_options(command: F) -> F:
                 metavar="URL",
                 help=f"The API's root URL. Default: ${BASE_URL_ENV}, else the provider's.",
             ),
+            click.option(
+                "--rate-limit",
+                type=click.FloatRange(min=0, min_open=True),
+                metavar="N",
+                default=None,
+                help="At most N requests per second from this process (fewer after a 429). "
+                "Default: no limit.",
+            ),
             backend_option,
+            verbose_option,
         ]
     ):
         command = option(command)
@@ -149,6 +169,20 @@ def pace_options(command: F) -> F:
     return command
 
 
+def _verbose(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:  # the group's handler shows the records; this lets the debug ones through
+        logging.getLogger("vsr_async").setLevel(logging.DEBUG)
+
+
+#: ``-v`` after the command too: ``vsr-async watch -v ...`` as well as ``vsr-async -v watch``.
+verbose_option = click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    expose_value=False,
+    callback=_verbose,
+    help="Log every retry and slow-down on stderr.",
+)
 backend_option = click.option(
     "--backend",
     type=click.Choice(["asyncio", "trio"]),
@@ -207,14 +241,27 @@ from_file_option = click.option(
 )
 
 
-def make_client(api_key: str | None, base_url: str | None, concurrency: int) -> AsyncVSRClient:
+def unreachable(base_url: object) -> str:
+    """What to say when nothing answers at ``base_url``: which setting to check."""
+    return f"could not connect to {base_url}: check {BASE_URL_ENV} (or --base-url)"
+
+
+def make_client(
+    api_key: str | None,
+    base_url: str | None,
+    concurrency: int,
+    *,
+    rate_limit: float | None = None,
+) -> AsyncVSRClient:
     """A client, or a `ConfigError` naming what is missing or wrong (never quoting the key)."""
     if not api_key:
         raise ConfigError(f"no API key: set {API_KEY_ENV} (or pass --api-key)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            client = AsyncVSRClient(api_key, base_url=base_url, max_connections=concurrency)
+            client = AsyncVSRClient(
+                api_key, base_url=base_url, max_connections=concurrency, rate_limit=rate_limit
+            )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     for warning in caught:
@@ -249,6 +296,11 @@ def collect(
         items = collected.result().items
     except BadLinesError as exc:
         raise ConfigError(f"invalid {what}:\n{exc}") from None
+    if not items and required and sources:
+        names = ", ".join(_name(source) for source in sources)
+        raise click.UsageError(
+            f"no {what} in {names}: it holds only blank lines and # comments, or nothing"
+        )
     if not items and required:
         raise click.UsageError(
             f"no {what}: give them as arguments, with --from-file FILE, or - for stdin"
@@ -267,7 +319,11 @@ def command_line(ctx: click.Context, *, leave_out: Iterable[str] = ()) -> str:
     skip = {"api_key", *leave_out}
     for param in ctx.command.params:
         name = param.name
-        if name in skip or ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+        if (
+            name in skip
+            or name not in ctx.params  # -v: not part of what the run does
+            or ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE
+        ):
             continue
         value = ctx.params[name]
         values = value if isinstance(value, tuple) else (value,)

@@ -3,6 +3,8 @@ on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -13,15 +15,22 @@ import anyio.lowlevel
 import attrs
 import click
 
-from vsr_async import TaskStatus, VSRError
+from vsr_async import (
+    APIConnectionError,
+    APITimeoutError,
+    TaskNotFoundError,
+    TaskStatus,
+    VSRError,
+)
 from vsr_async._validate import check_model
 
 from ._download import save
 from ._jsonl import created_record, download_record, transition_record
+from ._options import unreachable
 from ._tally import FATAL, exit_code
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
     from pathlib import Path
 
     from anyio.abc import TaskGroup
@@ -136,7 +145,7 @@ async def run_batch(
             else:
                 await batch.create_all(creates, None)
 
-    with display:
+    with display, _hint_unreachable(display, str(client.base_url)):
         tally.interrupted = await run_until_interrupted(
             work, stopping=batch.stopping, hurry=batch.hurry
         )
@@ -150,6 +159,33 @@ async def run_batch(
         )
         for video_url in tally.abandoned:
             click.echo(f"  {video_url}", err=True)
+
+
+class _UnreachableHint(logging.Handler):
+    """Once the watch warns that polls keep failing to connect, names the setting to check."""
+
+    def __init__(self, display: Display, base_url: str) -> None:
+        super().__init__(logging.WARNING)
+        self.display, self.base_url, self.shown = display, base_url, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.shown or not str(record.msg).startswith("polls keep failing"):
+            return
+        args = record.args if isinstance(record.args, tuple) else ()
+        if any(cannot_connect(arg) for arg in args if isinstance(arg, BaseException)):
+            self.shown = True
+            self.display.note(f"Warning: {unreachable(self.base_url)}")
+
+
+@contextlib.contextmanager
+def _hint_unreachable(display: Display, base_url: str) -> Iterator[None]:
+    logger = logging.getLogger("vsr_async")
+    handler = _UnreachableHint(display, base_url)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 @attrs.define
@@ -330,6 +366,20 @@ class _Batch:
         self.stop.cancel()
 
 
+def cannot_connect(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server could not be reached at all (not merely slow)."""
+    return isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError)
+
+
+def foreign_not_found(exc: BaseException) -> bool:
+    """Whether ``exc`` is a 404 without the API's JSON ``message``: the server's own, likely for
+    a base URL missing its path, rather than the API's word about an unknown task."""
+    if not isinstance(exc, TaskNotFoundError):
+        return False
+    body = exc.body
+    return not (isinstance(body, dict) and isinstance(body.get("message"), str))
+
+
 @attrs.define
 class Queried:
     """How a ``status`` or ``download`` run went."""
@@ -337,6 +387,8 @@ class Queried:
     failed: int = 0  # failed tasks, IDs that could not be queried, downloads that failed
     fatal: str | None = None
     interrupted: signal.Signals | None = None  # the signal that stopped it, if one did
+    unreachable: bool = False  # some query could not connect to the server at all
+    foreign_not_found: int = 0  # 404s whose body is not the API's: a wrong base URL?
 
     def exit_code(self) -> int:
         """128 + the signal's number if one stopped the run, 3 if the key was refused, 1 if
@@ -370,6 +422,8 @@ async def query_all(
                 return
             except VSRError as exc:
                 answers[index] = (None, exc)
+                outcome.unreachable |= cannot_connect(exc)
+                outcome.foreign_not_found += foreign_not_found(exc)
             while shown in answers:  # everything before it is shown: show it, and what follows
                 task, error = answers.pop(shown)
                 outcome.failed += error is not None or (
