@@ -48,7 +48,8 @@ def test_watch_prints_one_plain_line_per_transition(
     invoke, emulator: Emulator, backend: str
 ) -> None:
     """Off a terminal: a line per status change, then a summary naming the failure; exit 1."""
-    ids = add_tasks(emulator, "cfc", first=0.2, step=0.1)
+    # Processing from 0.5 s to 1.5 s at the earliest: a busy machine's first poll comes in time.
+    ids = add_tasks(emulator, "cfc", first=1.5, step=0.5)
     result = invoke("watch", *FAST, "--backend", backend, *ids)
     assert result.exit_code == 1
     assert not CONTROL.search(result.output)
