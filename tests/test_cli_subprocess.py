@@ -4,7 +4,6 @@ SIGTERM or SIGKILL mid-watch."""
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from _cli_helpers import (
     CLI,
     CONTROL,
+    Clock,
     SlowFiles,
     add_tasks,
     cli_env,
@@ -23,6 +23,7 @@ from _cli_helpers import (
     readable_records,
     records,
     run_cli,
+    steer,
     terminal_counts,
 )
 
@@ -30,10 +31,8 @@ from vsr_async import AsyncVSRClient
 from vsr_async.testing import Emulator, EmulatorServer, Faults
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
     from pathlib import Path
-
-    from anyio.abc import ByteReceiveStream, Process
 
 
 pytestmark = [
@@ -49,16 +48,6 @@ STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
 STOP_IDS = ["SIGINT", "SIGTERM"]
 #: How the summary names each signal.
 SAID = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-
-
-class Clock:
-    """The emulator's clock, moved by the test: tasks end when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -306,63 +295,6 @@ class _HeldCreates(Emulator):
         await super().__call__(scope, receive, send)
 
 
-class _Steered:
-    """A CLI process that a test steers: it waits for conditions, sends signals, and reads
-    what the process printed so far."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.out, self.err = bytearray(), bytearray()
-
-    @property
-    def stdout(self) -> str:
-        return self.out.decode(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.err.decode(errors="replace")
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.returncode
-
-    async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Return once ``condition()`` holds; fail if the process ended first."""
-        while not condition():
-            assert self.process.returncode is None, f"ended first:\n{self.stderr}"
-            await anyio.sleep(0.02)
-
-    def send(self, signum: signal.Signals) -> None:
-        self.process.send_signal(signum)
-
-
-async def _drain(stream: ByteReceiveStream | None, into: bytearray) -> None:
-    assert stream is not None
-    async for chunk in stream:
-        into.extend(chunk)
-
-
-@contextlib.asynccontextmanager
-async def _steer(args: list[str], env: dict[str, str]) -> AsyncIterator[_Steered]:
-    """Run the CLI while the block steers it; leaving the block waits for the process to end
-    (or kills it, if the block failed)."""
-    with anyio.fail_after(60):
-        async with (
-            await anyio.open_process([*CLI, *args], env=env, stdin=subprocess.DEVNULL) as process,
-            anyio.create_task_group() as task_group,
-        ):
-            steered = _Steered(process)
-            task_group.start_soon(_drain, process.stdout, steered.out)
-            task_group.start_soon(_drain, process.stderr, steered.err)
-            try:
-                yield steered
-            except BaseException:
-                with contextlib.suppress(ProcessLookupError):  # it may have ended already
-                    process.kill()
-                raise
-            await process.wait()
-
-
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize(
     ("stop", "watch"),
@@ -381,7 +313,7 @@ async def test_a_signal_mid_create_records_every_billed_task(
     urls = [f"https://example.com/{index}.mp4" for index in range(10)]
     args = ["create", "-m", MODEL, "--concurrency", "3", "--jsonl", str(results)]
     args += ["--backend", backend, *(["--watch"] if watch else []), *urls]
-    async with EmulatorServer(emulator) as server, _steer(args, cli_env(server.base_url)) as cli:
+    async with EmulatorServer(emulator) as server, steer(args, cli_env(server.base_url)) as cli:
         await cli.wait_until(lambda: emulator.creates_arrived >= 5)  # 2 answered, 3 held
         cli.send(stop)
         await cli.wait_until(lambda: "waiting for the answers to 3 creates" in cli.stderr)
@@ -425,7 +357,7 @@ async def test_a_second_signal_gives_up_the_creates_in_flight_and_prints_the_sum
     urls = [f"https://example.com/{index}.mp4" for index in range(5)]
     args = ["create", "-m", MODEL, "--concurrency", "2", "--jsonl", str(results)]
     args += ["--backend", backend, *urls]
-    async with EmulatorServer(emulator) as server, _steer(args, cli_env(server.base_url)) as cli:
+    async with EmulatorServer(emulator) as server, steer(args, cli_env(server.base_url)) as cli:
         await cli.wait_until(lambda: emulator.creates_arrived >= 3)  # 1 answered, 2 held
         cli.send(first)
         await cli.wait_until(lambda: "waiting for the answers to 2 creates" in cli.stderr)
