@@ -188,6 +188,24 @@ def test_a_resumed_download_counts_what_was_fetched_now_apart(
     _check_saved(emulator, tmp_path, [resumed, stale, fresh])
 
 
+def test_watch_download_counts_what_was_fetched_now_apart(
+    invoke, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``watch --download`` says the same in its summary: a file resumed from an earlier
+    run's ``.part`` is not counted as fetched now."""
+    kept = 1_000_000
+    (task_id,) = add_tasks(emulator, "c", first=0, step=0)
+    (tmp_path / f"{task_id}.mp4.part").write_bytes(emulator.video_bytes(task_id)[:kept])
+    (tmp_path / f"{task_id}.mp4.part.etag").write_text(emulator.etag(task_id))
+    result = invoke("watch", "--interval", "0.05", "--download", str(tmp_path), task_id)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"Results in {tmp_path}: 1 saved (2.1 MB downloaded: 1.1 MB fetched now, 1.0 MB resumed)"
+        in result.stdout
+    )
+    _check_saved(emulator, tmp_path, [task_id])
+
+
 def test_download_checks_every_id_before_creating_anything(tmp_path: Path) -> None:
     """IDs from --from-file are checked like the other commands' (named by file and line),
     before the directory is created or anything is sent: exit 2."""

@@ -29,7 +29,7 @@ from rich.text import Text
 from ._tally import DOWNLOADED, GAVE_UP, WAITING, printable, signal_name
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
 
     from rich.console import RenderableType
@@ -147,10 +147,22 @@ def describe_saved(saved: Saved, *, human: bool = False) -> str:
     return f"{saved.task_id}  not downloaded ({saved.status}): {saved.detail}"
 
 
+def downloaded_size(saved: Iterable[Saved], *, label: str = "") -> str:
+    """The size of the files saved now (then ``label``), and, if an earlier run's ``.part``
+    files held some of it, how much was fetched now and how much resumed."""
+    downloaded = [each for each in saved if each.status == DOWNLOADED]
+    size = sum(each.size or 0 for each in downloaded)
+    resumed = sum(each.resumed for each in downloaded)
+    text = filesize.decimal(size) + label
+    if resumed:
+        fetched = filesize.decimal(size - resumed)
+        text += f": {fetched} fetched now, {filesize.decimal(resumed)} resumed"
+    return text
+
+
 def download_headline(saving: Saving) -> str:
     """The summary's line on downloads: how many files are saved, how many failed."""
-    size = sum(saved.size or 0 for saved in saving.saved if saved.status == DOWNLOADED)
-    parts = [f"{len(saving.saved)} saved ({filesize.decimal(size)} downloaded)"]
+    parts = [f"{len(saving.saved)} saved ({downloaded_size(saving.saved, label=' downloaded')})"]
     if saving.resumed:
         parts.append(f"{saving.resumed} in an earlier run")
     if saving.failures:

@@ -12,9 +12,7 @@ import collections
 from typing import TYPE_CHECKING
 
 import anyio
-import attrs
 import click
-from rich import filesize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -35,7 +33,7 @@ from vsr_async import (
 )
 from vsr_async._download import destination, result_url
 
-from ._display import describe_saved, use_live_display
+from ._display import describe_saved, downloaded_size, use_live_display
 from ._tally import DOWNLOADED, EXISTS, FATAL, Saved, printable
 
 if TYPE_CHECKING:
@@ -49,19 +47,6 @@ if TYPE_CHECKING:
 
     #: Called as ``progress(bytes_done, bytes_total)`` while a file downloads.
     OnProgress = Callable[[int, int | None], object]
-
-
-@attrs.frozen
-class Downloaded(Saved):
-    """A file saved now (`DOWNLOADED`): its `Saved` record, and how many of its bytes were
-    already in a ``.part`` an earlier run left (resumed, not fetched again)."""
-
-    resumed: int = 0
-
-
-def resumed_bytes(saved: Saved) -> int:
-    """The bytes of a file saved now that an earlier run had fetched (0 for any other)."""
-    return saved.resumed if isinstance(saved, Downloaded) else 0
 
 
 class _Kept:
@@ -93,7 +78,7 @@ async def save(
     """Download the result of ``source`` (a fresh snapshot, or an ID to query) into ``directory``.
 
     ``progress(task_id, path)``, if given, returns the callback of that file's download.
-    A file saved now is a `Downloaded`, which says how much of it was resumed from a ``.part``.
+    A file saved now says how much of it was resumed from a ``.part`` (`Saved.resumed`).
     Raises only for a refused key; any other failure is the returned `Saved`'s.
     """
     task_id = source if isinstance(source, str) else source.id
@@ -105,7 +90,7 @@ async def save(
         kept = _Kept(None if progress is None else progress(task_id, path))
         path = await client.download(task, directory, overwrite=overwrite, progress=kept)
         size = (await anyio.Path(path).stat()).st_size
-        return Downloaded(task_id, DOWNLOADED, path, size, resumed=kept.resumed(size))
+        return Saved(task_id, DOWNLOADED, path, size, resumed=kept.resumed(size))
     except FATAL:
         raise
     except (VSRError, OSError) as exc:
@@ -131,13 +116,7 @@ def summary(saved: Sequence[Saved], total: int, directory: Path, *, interrupted:
     earlier run left, the line says how much was fetched now and how much resumed.
     """
     counts = collections.Counter(each.status for each in saved)
-    size = sum(each.size or 0 for each in saved if each.status == DOWNLOADED)
-    resumed = sum(resumed_bytes(each) for each in saved)
-    sizes = filesize.decimal(size)
-    if resumed:
-        fetched = filesize.decimal(size - resumed)
-        sizes += f": {fetched} fetched now, {filesize.decimal(resumed)} resumed"
-    parts = [f"{counts[DOWNLOADED]} downloaded ({sizes})"]
+    parts = [f"{counts[DOWNLOADED]} downloaded ({downloaded_size(saved)})"]
     if counts[EXISTS]:
         parts.append(f"{counts[EXISTS]} already there (skipped)")
     if failed := sum(not each.ok for each in saved):

@@ -71,13 +71,15 @@ EXISTS = "exists"
 @attrs.frozen
 class Saved:
     """How one task's download ended: `DOWNLOADED` or `EXISTS` with the file and its size, or
-    why not (``failed``, ``not ready``, ``not found``, ``expired``, ``error``) and the reason."""
+    why not (``failed``, ``not ready``, ``not found``, ``expired``, ``error``) and the reason.
+    ``resumed`` is how many bytes of a file saved now an earlier run's ``.part`` held."""
 
     task_id: str
     status: str
     path: Path | None = None
     size: int | None = None
     detail: str | None = None
+    resumed: int = 0
 
     @property
     def ok(self) -> bool:
