@@ -194,23 +194,27 @@ def web_server() -> Iterator[str]:
         server.server_close()
 
 
+@pytest.mark.parametrize("command", ["status", "watch"])
 def test_every_task_not_found_by_a_foreign_404_hints_at_the_base_url(
-    runner: CliRunner, web_server: str
+    runner: CliRunner, web_server: str, command: str
 ) -> None:
-    """When every task is a 404 that is not the API's (no JSON message), status says to check
-    VSR_BASE_URL: the base URL most likely lacks its path."""
-    result = runner.invoke(_app.cli, ["status", "--base-url", web_server, "task_a", "task_b"])
+    """When every task is a 404 that is not the API's (no JSON message), status and watch say
+    to check VSR_BASE_URL: the base URL most likely lacks its path."""
+    result = runner.invoke(_app.cli, [command, "--base-url", web_server, "task_a", "task_b"])
     assert result.exit_code == 1
-    assert result.stdout.count("\tnot found\t") == 2
+    assert result.stdout.lower().count("not found") >= 2
     assert "Check VSR_BASE_URL (or --base-url)" in result.stderr
     assert f"is {web_server}" in result.stderr
 
 
-def test_tasks_the_api_does_not_know_get_no_base_url_hint(runner: CliRunner, base_url: str) -> None:
+@pytest.mark.parametrize("command", ["status", "watch"])
+def test_tasks_the_api_does_not_know_get_no_base_url_hint(
+    runner: CliRunner, base_url: str, command: str
+) -> None:
     """The API's own 404 (with its JSON message) is a task it does not know: no hint."""
-    result = runner.invoke(_app.cli, ["status", "--base-url", base_url, "task_a"])
+    result = runner.invoke(_app.cli, [command, "--base-url", base_url, "task_a"])
     assert result.exit_code == 1
-    assert "\tnot found\t" in result.stdout
+    assert "not found" in result.stdout.lower()
     assert "VSR_BASE_URL" not in result.stderr
 
 

@@ -11,7 +11,6 @@ from typing import IO, TYPE_CHECKING
 import click
 
 from vsr_async import Model, __version__
-from vsr_async._config import BASE_URL_ENV
 from vsr_async._validate import check_model, check_task_id
 from vsr_async.testing import Emulator, Faults
 
@@ -40,6 +39,7 @@ from ._options import (
     run,
     unreachable,
     verbose_option,
+    wrong_path,
 )
 from ._run import Pace, download_all, query_all, run_batch
 from ._serve import log_request, serve
@@ -106,12 +106,7 @@ def status(
     if outcome.unreachable:
         click.echo(f"Error: {unreachable(client.base_url)}", err=True)
     elif ids and outcome.foreign_not_found == len(ids):
-        click.echo(
-            f"Hint: every task is 'not found', each answered by a 404 that is not the API's: "
-            f"is {client.base_url} the API's root URL, its path included? Check "
-            f"{BASE_URL_ENV} (or --base-url).",
-            err=True,
-        )
+        click.echo(f"Hint: {wrong_path(client.base_url)}", err=True)
     return outcome.exit_code()
 
 

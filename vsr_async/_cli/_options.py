@@ -246,6 +246,14 @@ def unreachable(base_url: object) -> str:
     return f"could not connect to {base_url}: check {BASE_URL_ENV} (or --base-url)"
 
 
+def wrong_path(base_url: object) -> str:
+    """What to say when every task is "not found" by 404s that are not the API's."""
+    return (
+        "every task is 'not found', each answered by a 404 that is not the API's: is "
+        f"{base_url} the API's root URL, its path included? Check {BASE_URL_ENV} (or --base-url)."
+    )
+
+
 def make_client(
     api_key: str | None,
     base_url: str | None,

@@ -26,7 +26,7 @@ from vsr_async._validate import check_model
 
 from ._download import save
 from ._jsonl import created_record, download_record, transition_record
-from ._options import unreachable
+from ._options import unreachable, wrong_path
 from ._tally import FATAL, exit_code
 
 if TYPE_CHECKING:
@@ -150,6 +150,8 @@ async def run_batch(
             work, stopping=batch.stopping, hurry=batch.hurry
         )
     display.summary()
+    if tally.current and batch.foreign_not_found == len(tally.current):
+        click.echo(f"Hint: {wrong_path(client.base_url)}", err=True)
     if tally.abandoned:
         click.echo(
             f"Warning: stopped without the answers to {len(tally.abandoned)} creates: the "
@@ -204,6 +206,8 @@ class _Batch:
     recorded: dict[str, str] = attrs.field(factory=dict)
     #: Where downloads run, with ``--download``.
     downloads: TaskGroup | None = None
+    #: Tasks given up for a 404 that is not the API's (`foreign_not_found`).
+    foreign_not_found: int = 0
     #: The creates in flight: a scope that gives each up, and its video URL.
     in_flight: dict[anyio.CancelScope, str] = attrs.field(factory=dict)
 
@@ -242,6 +246,8 @@ class _Batch:
 
     async def observe(self, transition: Transition) -> None:
         self.tally.observe(transition)
+        if transition.error is not None and foreign_not_found(transition.error):
+            self.foreign_not_found += 1
         change = self.since_recorded(transition)
         if change is not None:
             self.display.transition(change)
