@@ -756,9 +756,15 @@ async def test_an_id_with_a_colon_is_an_id(tmp_path: Path) -> None:
     assert path.read_bytes() == emulator.video_bytes("job:42")
 
 
-async def test_a_file_appearing_during_the_download_is_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("links", [True, False], ids=["hard links", "no hard links"])
+async def test_a_file_appearing_during_the_download_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, links: bool
+) -> None:
     """Without ``overwrite``, a file created at the destination while the download ran is not
-    replaced; the result stays in the part file."""
+    replaced, on a filesystem with hard links or without: `FileExistsError`, and the result
+    stays in the part file."""
+    if not links:
+        without_hard_links(monkeypatch, errno.EPERM)
     emulator = Emulator(timeline=DONE)
     task_id = emulator.add_task()
     target = tmp_path / "out.mp4"
@@ -918,27 +924,6 @@ async def test_without_hard_links_the_file_still_arrives(
         path = await client.download(task_id, tmp_path / "out.mp4")
     assert path.read_bytes() == emulator.video_bytes(task_id)
     assert list(tmp_path.iterdir()) == [path]
-
-
-async def test_without_hard_links_a_file_appearing_is_still_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without hard links too, a file created at the destination during the download is not
-    replaced: `FileExistsError`, and the result stays in the part."""
-    without_hard_links(monkeypatch, errno.EPERM)
-    emulator = Emulator(timeline=DONE)
-    task_id = emulator.add_task()
-    target = tmp_path / "out.mp4"
-
-    def appear(done: int, total: int | None) -> None:
-        if done == total and not target.exists():
-            target.write_bytes(b"someone else's")
-
-    async with api(emulator) as (client, _):
-        with pytest.raises(FileExistsError, match="appeared during the download"):
-            await client.download(task_id, target, progress=appear)
-    assert target.read_bytes() == b"someone else's"
-    assert (tmp_path / "out.mp4.part").read_bytes() == emulator.video_bytes(task_id)
 
 
 async def test_other_link_failures_are_raised(
