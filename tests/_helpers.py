@@ -1,4 +1,5 @@
-"""For test_watch.py and test_wait.py: the emulator on a real socket, behind a recording proxy."""
+"""Shared by the tests: scripted answers through ``httpx.MockTransport``, for unit tests of the
+layers, and the emulator on a real socket, behind a recording proxy."""
 
 from __future__ import annotations
 
@@ -9,15 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
+import httpx
 import pytest
 
-from vsr_async import AsyncVSRClient
+from vsr_async import APIStatusError, AsyncVSRClient, Model
 from vsr_async.testing import Emulator, EmulatorServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
-
-    import httpx
 
     from vsr_async import Transition
 
@@ -199,10 +199,91 @@ def record_sends(client: AsyncVSRClient) -> list[float]:
     async def record(_: httpx.Request) -> None:
         sent.append(time.monotonic())
 
-    client._http.event_hooks = {"request": [record], "response": []}
+    client._session._http.event_hooks = {"request": [record], "response": []}
     return sent
 
 
 def watcher_tasks() -> list[str]:
     """Names of the running tasks that belong to a watch."""
     return [task.name for task in anyio.get_running_tasks() if "vsr_async._watch." in task.name]
+
+
+# Scripted answers through httpx.MockTransport, for unit tests of the layers.
+
+#: The key `make_client` gives its clients: no error or log line may show it.
+SECRET = "sk-sentinel-7d1f0c93e5a24b68"
+BASE = "https://api.example.test/kyyReactApiServer"
+VIDEO = "https://videos.example.com/in.mp4"
+MODEL = Model.SUPER_RESOLUTION_1080P_LOWFPS
+#: What `error_for`'s request asked for.
+URL = "https://api.example.com/kyyReactApiServer/v1/result/task-1"
+
+
+def reply(
+    status: int = 200,
+    body: Any = None,
+    *,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Callable[[httpx.Request], httpx.Response]:
+    """An answer: a fresh response for each request."""
+    if body is None and content is None and status == 200:
+        body = {"id": "task-1", "status": "processing"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if content is not None:
+            return httpx.Response(status, content=content, headers=headers)
+        return httpx.Response(status, json=body, headers=headers)
+
+    return answer
+
+
+def task_reply(status: str, **fields: Any) -> Callable[[httpx.Request], httpx.Response]:
+    return reply(200, {"id": "task-1", "status": status, **fields})
+
+
+def fail(exc_type: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.Response]:
+    """An answer that raises a transport error, as httpx would."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise exc_type("simulated", request=request)
+
+    return answer
+
+
+class Script:
+    """A MockTransport handler: answer N for request N, the last answer repeating."""
+
+    def __init__(self, *answers: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.answers = answers or (reply(),)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        index = min(len(self.requests), len(self.answers)) - 1
+        return self.answers[index](request)
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+
+def make_client(handler: Any, **kwargs: Any) -> AsyncVSRClient:
+    kwargs.setdefault("base_url", BASE)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return AsyncVSRClient(SECRET, http_client=http, **kwargs)
+
+
+def error_for(
+    status: int,
+    *,
+    content: bytes | None = None,
+    json: Any = None,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+) -> APIStatusError:
+    """The error `APIStatusError.from_response` makes of a ``status`` answer to a GET (or
+    ``method``) of `URL` carrying `SECRET`."""
+    request = httpx.Request(method, URL, headers={"Authorization": f"Bearer {SECRET}"})
+    response = httpx.Response(status, content=content, json=json, headers=headers, request=request)
+    return APIStatusError.from_response(response)

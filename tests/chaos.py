@@ -396,7 +396,7 @@ class _Probe:
             "request": [self._request],
             "response": [self._response],
         }
-        client._http.event_hooks = hooks
+        client._session._http.event_hooks = hooks
 
     async def _request(self, request: httpx.Request) -> None:
         self.sent += 1

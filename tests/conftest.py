@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
+import anyio
 import pytest
+from anyio.lowlevel import checkpoint
+
+import vsr_async._retry
 
 # The package's pytest11 plugin, loaded here rather than by its entry point (pyproject's addopts
 # has ``-p no:vsr-async``): the entry point imports vsr_async before pytest-cov starts coverage,
@@ -14,3 +20,32 @@ pytest_plugins = ["vsr_async.testing.pytest_plugin"]
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every async test runs on asyncio and on trio."""
     return str(request.param)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No $VSR_API_KEY or $VSR_BASE_URL from the environment the tests run in."""
+    monkeypatch.delenv("VSR_API_KEY", raising=False)
+    monkeypatch.delenv("VSR_BASE_URL", raising=False)
+
+
+class _RecordingAnyio:
+    """`anyio` as `vsr_async._retry` sees it, with `sleep` recorded and instant."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(anyio, name)
+
+    async def sleep(self, delay: float) -> None:
+        self.delays.append(delay)
+        await checkpoint()
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays the client slept before its retries (without really sleeping them)."""
+    recorder = _RecordingAnyio()
+    monkeypatch.setattr(vsr_async._retry, "anyio", recorder)
+    return recorder.delays

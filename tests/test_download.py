@@ -38,7 +38,7 @@ from vsr_async import (
 )
 from vsr_async._config import MAX_NAME_LENGTH, MAX_REDIRECTS
 from vsr_async._download import destination
-from vsr_async._retry import retry_delay
+from vsr_async._retry import RetryPolicy
 from vsr_async.testing import Emulator, EmulatorServer, Timeline
 
 if TYPE_CHECKING:
@@ -87,10 +87,12 @@ def files(emulator: Emulator) -> list[RecordedRequest]:
 def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry without sleeping out the delays (still computed, so a bad argument fails)."""
 
-    def no_delay(exc: VSRError, attempt: int) -> float:
-        return retry_delay(exc, attempt) * 0
+    delay = RetryPolicy.delay
 
-    monkeypatch.setattr("vsr_async._download.retry_delay", no_delay)
+    def no_delay(policy: RetryPolicy, exc: VSRError, attempt: int) -> float:
+        return delay(policy, exc, attempt) * 0
+
+    monkeypatch.setattr(RetryPolicy, "delay", no_delay)
 
 
 # -- the happy path
@@ -381,9 +383,8 @@ async def test_a_part_already_whole_is_published(tmp_path: Path) -> None:
     emulator = Emulator(timeline=DONE)
     task_id = emulator.add_task()
     async with api(emulator) as (client, _):
-        etag = (await client._http.head((await client.get_task(task_id)).video_url or "")).headers[
-            "etag"
-        ]
+        url = (await client.get_task(task_id)).video_url or ""
+        etag = (await client._session._http.head(url)).headers["etag"]
         (tmp_path / "out.mp4.part").write_bytes(emulator.video_bytes(task_id))
         (tmp_path / "out.mp4.part.etag").write_text(etag)
         emulator.reset_stats()
@@ -982,3 +983,45 @@ async def test_a_refused_redirect_is_quoted_without_its_query(tmp_path: Path) ->
             await client.download(f"{server.url}/x.mp4", tmp_path)
     assert "ftp://cdn.example/x.mp4" in str(refused.value)
     assert "SECRET" not in told(refused.value)
+
+
+# -- the rate budget hears a storage host's answers
+
+
+async def test_a_storage_hosts_429_slows_the_whole_client(tmp_path: Path) -> None:
+    """A download spends the client's tokens and reports its answers: a 429 from the storage
+    host cuts the rate the client allows itself, as an API 429 would."""
+    answers = [answering(429, [], b""), answering(200, [(b"content-length", b"5")], b"video")]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await answers.pop(0)(scope, receive, send)
+
+    async with (
+        EmulatorServer(asgi(app)) as storage,  # type: ignore[arg-type]
+        AsyncVSRClient(KEY, base_url=storage.url, rate_limit=100.0) as client,
+    ):
+        await client.download(f"{storage.url}/x.mp4", tmp_path / "x.mp4")
+        assert client.current_rate is not None
+        assert client.current_rate < 100.0
+    assert (tmp_path / "x.mp4").read_bytes() == b"video"
+
+
+@pytest.mark.parametrize("rate_limit", [None, 100.0])
+async def test_a_storage_hosts_retry_after_pauses_the_api_too(
+    tmp_path: Path, rate_limit: float | None
+) -> None:
+    """A storage host's ``Retry-After`` pauses every request of the client, API queries
+    included, with or without a ``rate_limit``: no query leaves while it lasts."""
+    emulator = Emulator(timeline=DONE)
+    task_id = emulator.add_task()
+    busy = answering(503, [(b"retry-after", b"30")], b"")
+    async with (
+        EmulatorServer(busy) as storage,  # type: ignore[arg-type]
+        api(emulator, max_retries=0, rate_limit=rate_limit) as (client, _),
+    ):
+        with pytest.raises(ServerError):
+            await client.download(f"{storage.url}/x.mp4", tmp_path / "x.mp4")
+        with anyio.move_on_after(0.5) as waited:
+            await client.get_task(task_id)
+        assert waited.cancelled_caught  # still paused (for 30 s): the query never left
+    assert not [r for r in emulator.requests if r.path.endswith(task_id)]

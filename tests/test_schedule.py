@@ -136,13 +136,13 @@ async def test_a_task_processing_for_long_is_polled_less_often() -> None:
         return sum(answer == pytest.approx(stop) for answer in answers) >= 4
 
     async with serve(emulator) as client:
-        fetch = client._fetch_task
+        fetch = client._tasks.fetch
 
         async def logged_fetch(task_id: str) -> Task:
             sent.append(anyio.current_time())
             return await fetch(task_id)
 
-        client._fetch_task = logged_fetch  # type: ignore[method-assign]
+        client._tasks.fetch = logged_fetch  # type: ignore[method-assign]
         watcher = client.watch([task_id], interval=schedule)
         schedule.asked.clear()  # (watch() asked once, to check the schedule)
         due: list[float] = []  # when the watch schedules each poll, on its clock

@@ -1,7 +1,9 @@
 """The API key never shows: not in a repr, an exception, a log record, the CLI's output or its
-results file. The tests run the real thing against the emulator on a loopback socket with a
-sentinel key, and look for it everywhere it could leak. (The emulator itself records the
-``Authorization`` header it received: that is the server's side, and is not looked at.)"""
+results file. Most tests run the real thing against the emulator on a loopback socket with a
+sentinel key, and look for it everywhere it could leak; the others drive the client through
+scripted answers (``httpx.MockTransport``) or a bare loopback server, or build its errors
+directly. (The emulator itself records the ``Authorization`` header it received: that is the
+server's side, and is not looked at.)"""
 
 from __future__ import annotations
 
@@ -18,7 +20,19 @@ import anyio
 import httpx
 import pytest
 from _cli_helpers import CLI, add_tasks, cli_env, serve_in_thread
-from _helpers import DROP, Proxy, json_answer
+from _helpers import (
+    DROP,
+    SECRET,
+    Proxy,
+    Script,
+    error_for,
+    fail,
+    json_answer,
+    make_client,
+    reply,
+    task_reply,
+)
+from anyio.abc import SocketAttribute
 from click.testing import CliRunner, Result
 
 import vsr_async._retry
@@ -36,6 +50,8 @@ from vsr_async import (
     ServerError,
     TaskFailedError,
     TaskNotFoundError,
+    TaskStatus,
+    VSRError,
     WaitTimeoutError,
 )
 from vsr_async._cli import _app, _demo
@@ -47,8 +63,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from _helpers import Answer
+    from anyio.abc import SocketStream
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_env")]
 
 SENTINEL = "sk-SENTINEL-5f0c2a9e7b1d4c38a6e9f2b0d7c1a4e8"
 #: Each quarter of the key's random part: a key cut short or upper-cased still shows one.
@@ -134,12 +151,6 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VSR_API_KEY", raising=False)
-    monkeypatch.delenv("VSR_BASE_URL", raising=False)
-
-
 @contextlib.asynccontextmanager
 async def serve(app: Emulator | Proxy, **client_options: Any) -> AsyncIterator[AsyncVSRClient]:
     """``app`` on a loopback socket, and a client of it sending the sentinel key."""
@@ -162,6 +173,46 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class LoopbackServer:
+    """A tiny HTTP/1.1 server on 127.0.0.1: one request per connection, canned answers."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.heads: list[bytes] = []
+
+    async def handle(self, stream: SocketStream) -> None:
+        async with stream:
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            head = data.partition(b"\r\n\r\n")[0]
+            self.heads.append(head)
+            path = head.split(b" ")[1]
+            if path.endswith(b"/v1/result/abc"):
+                status, body = b"200 OK", b'{"id": "abc", "status": "completed"}'
+            else:
+                status, body = b"404 Not Found", b'{"message": "no such task"}'
+            await stream.send(
+                b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, len(body), body)
+            )
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[LoopbackServer]:
+    srv = LoopbackServer()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(SocketAttribute.local_port)  # noqa: S610 (anyio, not Django)
+    srv.url = f"http://127.0.0.1:{port}/kyyReactApiServer"
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, srv.handle)
+        yield srv
+        tg.cancel_scope.cancel()
+
+
 # Reprs.
 
 
@@ -179,7 +230,7 @@ async def test_reprs_never_show_the_key(own_pool: bool) -> None:
         client = AsyncVSRClient(SENTINEL, **options)
         async with client:
             texts += [repr(client), str(client), repr(vars(client))]
-            texts += [repr(client._http.headers), repr(client._request_headers)]
+            texts += [repr(client._session._http.headers), repr(client._session._headers)]
             texts += [
                 repr(getattr(client, name)) for name in dir(client) if not name.startswith("_")
             ]
@@ -236,6 +287,41 @@ async def test_an_echoed_key_is_masked_in_the_error_body() -> None:
     assert isinstance(error, AuthenticationError)
     assert error.body is not None
     assert_clean([repr(error.body), json.dumps(error.body), str(vars(error))])
+
+
+async def test_key_echoed_by_the_server_is_masked() -> None:
+    """A server that quotes the credential in its error body does not put the key in our
+    exception's message, args or str."""
+    script = Script(reply(401, {"message": f"invalid token Bearer {SECRET}"}))
+    with pytest.raises(AuthenticationError) as info:
+        await make_client(script).get_task("task-1")
+    assert SECRET not in str(info.value)
+    assert SECRET not in info.value.message
+    assert all(SECRET not in str(arg) for arg in info.value.args)
+    assert "invalid token Bearer [secure]" in info.value.message
+
+
+def test_message_never_contains_request_headers() -> None:
+    """The message keeps method, URL and status, never the Authorization header."""
+    error = error_for(401, json={"message": "invalid key"})
+    assert SECRET not in str(error)
+    assert SECRET not in repr(error)
+    assert SECRET not in repr(vars(error))
+
+
+def test_key_echoed_anywhere_in_the_body_is_masked() -> None:
+    """A server echoing the key puts it nowhere in ``body`` either: every string, keys too."""
+    error = error_for(
+        401,
+        json={"message": f"bad {SECRET}", "detail": {"echo": [f"Bearer {SECRET}", 7], SECRET: 1}},
+    )
+    assert error.body == {
+        "message": "bad [secure]",
+        "detail": {"echo": ["Bearer [secure]", 7], "[secure]": 1},
+    }
+    assert error.message == "bad [secure]"
+    nested = error_for(500, content=b'["%s", ' % SECRET.encode() + b"[" * 700 + b"]" * 701)
+    assert SECRET not in repr(nested.body)  # too deep to search: dropped, not kept
 
 
 @pytest.mark.parametrize("failure", ["timeout", "refused", "dropped"])
@@ -434,6 +520,22 @@ def test_an_invalid_base_url_is_refused_without_the_key(
     assert_clean(exception_texts(info.value))
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        f"ftp://user:{SECRET}@api.example.com",
+        f"https://user:{SECRET}@api.example.com",
+        f"https://user:{SECRET}@api.example.com:port",
+        f"https://:{SECRET}@api.example.com/?x=1",
+    ],
+)
+def test_base_url_error_never_quotes_credentials(base_url: str) -> None:
+    """A refused base_url carrying a password (maybe the key) is not quoted back."""
+    with pytest.raises(ValueError, match="base_url") as info:
+        AsyncVSRClient("another-key", base_url=base_url)
+    assert SECRET not in str(info.value)
+
+
 def test_the_plain_http_warning_does_not_show_the_key() -> None:
     """The warning that the key would cross the network unencrypted does not show it."""
     with warnings.catch_warnings(record=True) as caught:
@@ -481,6 +583,92 @@ async def test_log_records_never_show_the_key(
     assert any("returned 500: invalid token: Bearer " in message for message in retries)
     assert any(record.levelno == logging.DEBUG for record in caplog.records)
     assert_clean(record_texts(caplog.records))
+
+
+@pytest.mark.usefixtures("sleeps")
+async def test_key_never_in_errors_or_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Across failures of every kind, no message or log line contains the key."""
+    caplog.set_level(logging.DEBUG)
+    for name in LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+    script = Script(
+        reply(401, {"message": "bad key"}),
+        reply(500),
+        reply(500),
+        reply(429, headers={"Retry-After": "1000"}),
+        fail(httpx.ConnectError),
+        fail(httpx.ConnectError),
+        fail(httpx.ReadTimeout),
+        reply(200, content=b"<html>"),
+        task_reply("mystery"),
+    )
+    client = make_client(script, max_retries=1)
+    errors: list[BaseException] = []
+    for _ in range(6):
+        try:
+            await client.get_task("task-1")
+        except VSRError as exc:
+            errors.append(exc)
+    for call in (client.get_task("../x"), client.create_task("ftp://x", model=MODEL)):
+        try:
+            await call
+        except ValueError as exc:
+            errors.append(exc)
+    await client.aclose()
+    try:
+        await client.get_task("task-1")
+    except RuntimeError as exc:
+        errors.append(exc)
+    assert len(errors) == 8
+    texts = [text for exc in errors for text in (str(exc), repr(exc))]
+    texts += [record.getMessage() for record in caplog.records]
+    assert any("retry" in text for text in texts)
+    assert not [text for text in texts if SECRET in text]
+
+
+async def test_owned_client_over_loopback(
+    server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's own connection pool talks to a real socket; even httpcore's DEBUG log
+    never shows the key."""
+    caplog.set_level(logging.DEBUG)
+    for name in LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+    async with AsyncVSRClient(SECRET, base_url=server.url) as client:
+        task = await client.get_task("abc")
+        assert task.status is TaskStatus.COMPLETED
+        with pytest.raises(TaskNotFoundError, match="no such task") as info:
+            await client.get_task("missing")
+    assert SECRET not in str(info.value)
+    head = server.heads[0].decode().lower()
+    assert head.startswith("get /kyyreactapiserver/v1/result/abc http/1.1")
+    assert f"authorization: bearer {SECRET.lower()}" in head
+    assert any(record.name.startswith("httpcore") for record in caplog.records)
+    assert any(record.name == "httpx" for record in caplog.records)
+    assert not [r.getMessage() for r in caplog.records if SECRET in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [f"{SECRET}\n", f"{SECRET}\r\nX-Injected: 1", f"{SECRET}\x00"],
+    ids=["newline", "header-injection", "nul"],
+)
+async def test_key_that_is_no_header_value_never_leaks(
+    key: str, server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key that cannot go in a header (a newline read from a file) never shows in an
+    error or a log line, whether refused up front or by the HTTP layer."""
+    caplog.set_level(logging.DEBUG)
+    for name in LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+    texts: list[str] = []
+    try:
+        async with AsyncVSRClient(key, base_url=server.url) as client:
+            await client.get_task("abc")
+    except (ValueError, VSRError) as exc:
+        texts += [str(exc), repr(exc)]
+    texts += [record.getMessage() for record in caplog.records]
+    assert not [text for text in texts if SECRET in text]
 
 
 # The command line.

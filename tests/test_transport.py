@@ -86,7 +86,7 @@ async def test_own_client_sends_straight_to_its_transport() -> None:
         async def no_send(*args: Any, **kwargs: Any) -> httpx.Response:
             raise AssertionError("send() was used")
 
-        client._http.send = no_send  # type: ignore[method-assign]
+        client._session._http.send = no_send  # type: ignore[method-assign]
         await every_call(emulator, client)
 
 
@@ -215,8 +215,8 @@ async def test_aiohttp_transport_serves_every_call() -> None:
     from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415 (the extra may be absent)
 
     async with serving(transport="aiohttp", max_connections=3) as (emulator, client):
-        assert isinstance(client._transport, AiohttpTransport)
-        assert isinstance(client._http._transport, AiohttpTransport)
+        assert isinstance(client._session._transport, AiohttpTransport)
+        assert isinstance(client._session._http._transport, AiohttpTransport)
         await every_call(emulator, client)
         async with anyio.create_task_group() as tg:  # more calls at once than connections
             for task_id in [emulator.add_task(QUICK) for _ in range(20)]:
@@ -258,7 +258,7 @@ async def test_aiohttp_refused_connection_is_a_connect_error() -> None:
     base_url = f"http://127.0.0.1:{closed_port()}"
     async with AsyncVSRClient("sk-test", base_url=base_url, transport="aiohttp") as client:
         with pytest.raises(APIConnectionError) as caught:
-            await client._send("GET", client._task_url("task-1"))
+            await client._session.send("GET", client._session.task_url("task-1"))
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
 
 

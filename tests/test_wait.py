@@ -1,26 +1,37 @@
-"""`AsyncVSRClient.wait`: one task to its end, over a real loopback socket to the emulator."""
+"""`AsyncVSRClient.wait`: one task to its end, over a real loopback socket to the emulator, and
+through scripted answers (``httpx.MockTransport``)."""
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+import warnings
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import pytest
 from _helpers import (
+    BASE,
     KEY,
+    SECRET,
     Answer,
     Proxy,
+    Script,
     json_answer,
+    make_client,
     record_sends,
+    reply,
     request_driven,
     serve,
+    task_reply,
     watcher_tasks,
 )
 
 import vsr_async._retry
 from vsr_async import (
+    APIStatusError,
     AsyncVSRClient,
     AuthenticationError,
     PermissionDeniedError,
@@ -31,6 +42,9 @@ from vsr_async import (
     WaitTimeoutError,
 )
 from vsr_async.testing import Emulator, Faults, Timeline
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.anyio
 
@@ -44,6 +58,9 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backoff between retries of a failed poll in milliseconds, not seconds."""
     monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
     monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)
+
+
+# Over a loopback socket, to the emulator.
 
 
 async def test_wait_returns_the_completed_task() -> None:
@@ -118,7 +135,7 @@ async def test_wait_timeout_is_kept_when_the_server_is_slow() -> None:
     emulator = Emulator(faults=Faults(latency=3.0))
     task_id = emulator.add_task(STUCK)
     async with serve(emulator) as client:
-        transport = client._http._transport
+        transport = client._session._http._transport
         assert isinstance(transport, httpx.AsyncHTTPTransport)
         start = time.monotonic()
         with pytest.raises(WaitTimeoutError) as info:
@@ -244,3 +261,125 @@ async def test_wait_invalid_arguments_raise_before_any_request(
         with pytest.raises(error):
             await client.wait(task_id, **options)  # type: ignore[arg-type]
     assert sent == []
+
+
+# Through scripted answers.
+
+
+@pytest.fixture
+def collect_garbage() -> Iterator[None]:
+    """Collect garbage after the test, so that a leaked resource warns in the test that leaked
+    it (warnings are errors) rather than in whichever test happens to run next."""
+    yield
+    gc.collect()
+
+
+@pytest.mark.usefixtures("collect_garbage")
+async def test_wait_polls_until_the_task_completes() -> None:
+    """wait() polls until the task completes and returns that snapshot."""
+    script = Script(
+        task_reply("queued"),
+        task_reply("processing"),
+        task_reply("completed", video_url="https://cdn.example.com/out.mp4"),
+    )
+    task = await make_client(script).wait("task-1", interval=0.01, timeout=5)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.video_url == "https://cdn.example.com/out.mp4"
+    assert script.calls == 3
+
+
+@pytest.mark.usefixtures("collect_garbage")
+async def test_wait_raises_when_the_task_fails() -> None:
+    """A failed task raises TaskFailedError carrying it, unless told to return it."""
+    script = Script(task_reply("failed", error="corrupt input"))
+    client = make_client(script)
+    with pytest.raises(TaskFailedError, match="corrupt input") as info:
+        await client.wait("task-1", interval=0.01, timeout=5)
+    assert info.value.task.status is TaskStatus.FAILED
+    task = await client.wait("task-1", interval=0.01, timeout=5, raise_on_failure=False)
+    assert task.status is TaskStatus.FAILED
+    assert str(task.error) == "corrupt input"
+
+
+@pytest.mark.usefixtures("collect_garbage")
+@pytest.mark.parametrize(
+    ("status", "error"), [(404, TaskNotFoundError), (401, AuthenticationError)]
+)
+async def test_wait_raises_final_errors(status: int, error: type[APIStatusError]) -> None:
+    """wait() raises a final API error (unknown task, bad key) instead of polling on."""
+    script = Script(reply(status, {"message": "nope"}))
+    with pytest.raises(error):
+        await make_client(script).wait("task-1", interval=0.01, timeout=5)
+    assert script.calls == 1
+
+
+@pytest.mark.usefixtures("collect_garbage")
+async def test_wait_timeout_carries_the_last_task() -> None:
+    """Past its timeout, wait() raises WaitTimeoutError with the last snapshot seen."""
+    script = Script(task_reply("processing"))
+    with pytest.raises(WaitTimeoutError) as info:
+        await make_client(script).wait("task-1", interval=0.01, timeout=0.1)
+    assert info.value.task_id == "task-1"
+    assert info.value.timeout == 0.1
+    assert info.value.task is not None
+    assert info.value.task.status is TaskStatus.PROCESSING
+    assert script.calls >= 2
+
+
+@pytest.mark.usefixtures("collect_garbage")
+async def test_wait_timeout_when_never_answered() -> None:
+    """A server that never answers gives WaitTimeoutError without a task, on time."""
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(30)
+        raise AssertionError("not reached")  # pragma: no cover
+
+    client = AsyncVSRClient(
+        SECRET, base_url=BASE, http_client=httpx.AsyncClient(transport=httpx.MockTransport(hang))
+    )
+    with anyio.fail_after(5):
+        with pytest.raises(WaitTimeoutError) as info:
+            await client.wait("task-1", interval=0.01, timeout=0.05)
+    assert info.value.task is None
+    assert isinstance(info.value, TimeoutError)
+
+
+async def test_wait_timeout_releases_the_watch() -> None:
+    """A wait cut short by its timeout closes the watch's streams: nothing is left to warn."""
+    script = Script(task_reply("processing"))
+    with pytest.raises(WaitTimeoutError):
+        await make_client(script).wait("task-1", interval=0.01, timeout=0.05)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+@pytest.mark.usefixtures("collect_garbage")
+async def test_wait_without_timeout() -> None:
+    """``timeout=None`` (or an infinite timeout) waits as long as it takes."""
+    script = Script(task_reply("processing"), task_reply("completed"))
+    task = await make_client(script).wait("task-1", interval=0.01, timeout=None)
+    assert task.status is TaskStatus.COMPLETED
+    script = Script(task_reply("completed"))
+    task = await make_client(script).wait("task-1", interval=0.01, timeout=math.inf)
+    assert task.status is TaskStatus.COMPLETED
+
+
+@pytest.mark.usefixtures("collect_garbage")
+@pytest.mark.parametrize(
+    ("bad_timeout", "error"),
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (math.nan, ValueError),
+        ("5", TypeError),
+        (True, TypeError),
+    ],
+)
+async def test_wait_timeout_is_validated(bad_timeout: Any, error: type[Exception]) -> None:
+    """A wait timeout that is not a positive number is refused before any request."""
+    script = Script()
+    with pytest.raises(error, match="timeout"):
+        await make_client(script).wait("task-1", interval=0.01, timeout=bad_timeout)
+    assert script.calls == 0

@@ -351,7 +351,7 @@ async def test_polls_every_interval_with_jitter(monkeypatch: pytest.MonkeyPatch)
         events[response.request.url.path.rpartition("/")[2]].append(("answer", time.monotonic()))
 
     async with serve(emulator) as client:
-        client._http.event_hooks = {"request": [on_request], "response": [on_response]}
+        client._session._http.event_hooks = {"request": [on_request], "response": [on_response]}
         transitions = await collect(client, ids, interval=interval, timeout=2.0)
     assert all(isinstance(t.error, WaitTimeoutError) for t in transitions if t.is_final)
     gaps = []
@@ -525,6 +525,41 @@ async def test_timeouts_fire_during_a_pause() -> None:
     assert len([s for s in proxy.seen if s.arrived > hit.answered]) <= len(ids) - 1
 
 
+async def test_a_poll_caught_by_a_pause_in_flight_still_times_out() -> None:
+    """A poll already on its way when another request's Retry-After pauses the client (here
+    queued for the one connection) waits out the pause in the session, not in the heap: it is
+    still given up at its task's deadline, not 50 s later."""
+    emulator = Emulator()
+    (task_id,) = [emulator.add_task(FOREVER)]
+    blocker = emulator.add_task(FOREVER)
+    release = anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith(f"/{blocker}"):
+            await release.wait()  # holds the client's only connection until the poll queues
+            status, headers, body = json_answer(429, {}, (b"retry-after", b"50"))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await emulator(scope, receive, send)
+
+    app.prefix = emulator.prefix  # type: ignore[attr-defined]
+    async with serve(app, max_connections=1) as client:  # type: ignore[arg-type]
+        with anyio.fail_after(30):
+            async with client.watch([task_id], interval=0.05, timeout=1.0) as watcher:
+                first = await watcher.__anext__()  # its first poll: the deadline is 1 s away
+                async with anyio.create_task_group() as group:
+                    group.start_soon(client.get_task, blocker)
+                    while watcher.stats.in_flight == 0:  # the next poll waits for the connection
+                        await anyio.sleep(0.01)
+                    release.set()  # the 429 pauses the client for 50 s, the poll inside it
+                    last = await watcher.__anext__()
+                    group.cancel_scope.cancel()  # (the get_task waits out its Retry-After)
+    assert first.previous is None
+    assert isinstance(last.error, WaitTimeoutError)
+    assert len(emulator.polls(task_id)) == 1
+
+
 @pytest.mark.parametrize("limit", ["concurrency", "rate"])
 async def test_no_task_is_given_up_before_its_first_poll(limit: str) -> None:
     """Far more tasks than the concurrency (or the rate budget) can poll within the timeout:
@@ -696,7 +731,7 @@ async def test_leaving_early_stops_every_poller(how: str) -> None:
 
     async with serve(proxy) as client:
         sent = record_sends(client)
-        transport = client._http._transport
+        transport = client._session._http._transport
         assert isinstance(transport, httpx.AsyncHTTPTransport)
         with anyio.fail_after(10):
             if how == "break":

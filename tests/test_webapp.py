@@ -63,14 +63,14 @@ async def http(app):
 def record_sends(client) -> list[str]:
     """The URL of every request ``client`` sends from now on (a poll cut off in flight may
     still reach the emulator, so the emulator may see fewer)."""
-    send_one = client._send
+    send_one = client._session.send
     urls: list[str] = []
 
     async def logged_send(method, url, **options):
         urls.append(str(url))
         return await send_one(method, url, **options)
 
-    client._send = logged_send
+    client._session.send = logged_send
     return urls
 
 

@@ -2,6 +2,7 @@
 
 from ._client import AsyncVSRClient
 from ._config import VERSION as __version__  # noqa: N811
+from ._download import download_path
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -52,4 +53,5 @@ __all__ = [
     "WatchStats",
     "Watcher",
     "__version__",
+    "download_path",
 ]

@@ -85,24 +85,6 @@ converter.register_structure_hook(
 )
 
 
-def structure_directly(data: dict[str, Any]) -> Task | None:
-    """``converter.structure(data, Task)`` for an answer it accepts, by calling its hooks
-    directly (a poll's answer, parsed a thousand times a second, skips cattrs's dispatch); or
-    ``None`` for one it refuses, left to the converter to say why."""
-    try:
-        return Task(
-            id=_id(data["id"], None),
-            status=_status(data["status"], None),
-            object=_optional_str(data.get("object"), None),
-            created=_optional_timestamp(data.get("created"), None),
-            video_url=_optional_str(data.get("video_url"), None),
-            actual_duration=_optional_number(data.get("actualDuration"), None),
-            error=_optional_error(data.get("error"), None),
-        )
-    except Exception:  # noqa: BLE001 (whatever it is, the converter reports it)
-        return None
-
-
 def parse_task(content: bytes, **defaults: Any) -> Task:
     """Parse a task from a response body; ``defaults`` fill fields the body leaves out.
 
@@ -117,9 +99,6 @@ def parse_task(content: bytes, **defaults: Any) -> Task:
         raise ResponseValidationError.from_body("the answer is not a JSON object", content)
     if defaults:
         data = defaults | data
-    task = structure_directly(data)
-    if task is not None:
-        return task
     try:
         return converter.structure(data, Task)
     except (cattrs.BaseValidationError, TypeError, ValueError, OverflowError) as exc:

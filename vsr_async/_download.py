@@ -23,24 +23,22 @@ import httpx
 
 from ._config import DOWNLOAD_BUFFER, MAX_NAME_LENGTH, MAX_REDIRECTS
 from ._errors import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
     DownloadError,
-    RateLimitError,
     ResultExpiredError,
     ResultNotReadyError,
-    ServerError,
     TaskFailedError,
     VSRError,
     parse_retry_after,
+    status_error_class,
 )
+from ._http import shown_url
 from ._models import Task, TaskStatus
-from ._retry import is_transient, retry_delay
+from ._retry import is_transient
 from ._validate import check_http_url, check_task_id
 
 if TYPE_CHECKING:
-    from ._client import AsyncVSRClient
+    from ._session import Session
+    from ._tasks import Tasks
 
 #: ``progress(bytes_done, bytes_total)``; the total is ``None`` when the server does not say.
 Progress = Callable[[int, int | None], object]
@@ -70,7 +68,7 @@ _active: set[Path] = set()
 
 
 async def download(
-    client: AsyncVSRClient,
+    tasks: Tasks,
     source: Task | str,
     dest: str | os.PathLike[str],
     *,
@@ -78,7 +76,7 @@ async def download(
     progress: Progress | None,
 ) -> Path:
     """`AsyncVSRClient.download`, which documents it."""
-    task_id, url = await _resolve(client, source)
+    task_id, url = await _resolve(tasks, source)
     path = await anyio.to_thread.run_sync(_target, os.fspath(dest), task_id, url)
     if not overwrite and await anyio.Path(path).exists():
         raise _exists(path, "pass overwrite=True to replace it")
@@ -87,19 +85,24 @@ async def download(
         raise RuntimeError(f"{path} is already being downloaded")
     _active.add(part)
     try:
-        await _Transfer(client, task_id, url, part, progress).run()
+        await _Transfer(tasks, task_id, url, part, progress).run()
         await anyio.to_thread.run_sync(_publish, part, path, overwrite)
     finally:
         _active.discard(part)
     return path
 
 
-async def _resolve(client: AsyncVSRClient, source: Task | str) -> tuple[str | None, str]:
+async def _resolve(tasks: Tasks, source: Task | str) -> tuple[str | None, str]:
     """The task ID (``None`` for a bare URL) and the result URL to fetch."""
-    if isinstance(source, str) and _URL.match(source):
-        return None, _checked("result URL", source)
+    if isinstance(source, str) and not _URL.match(source):
+        source = await tasks.get(check_task_id(source))
+    return _task_and_url(source)
+
+
+def _task_and_url(source: Task | str) -> tuple[str | None, str]:
+    """The task ID (``None`` for a URL) and the result URL of a `Task` or a result URL."""
     if isinstance(source, str):
-        source = await client.get_task(check_task_id(source))
+        return None, _checked("result URL", source)
     if not isinstance(source, Task):
         raise TypeError(f"download() takes a Task, a task ID or a URL, got {type(source).__name__}")
     return source.id, result_url(source)
@@ -123,14 +126,40 @@ def _checked(name: str, url: str) -> str:
         return str(check_http_url(name, url))
     except ValueError:  # its message quotes the signature: not raised, nor kept as a context
         pass
-    check_http_url(name, _shown(url))  # refused without its query too: that message will do
-    raise ValueError(f"{name} {_shown(url)!r} is not a URL: its query is malformed")
+    check_http_url(name, shown_url(url))  # refused without its query too: that message will do
+    raise ValueError(f"{name} {shown_url(url)!r} is not a URL: its query is malformed")
 
 
-def _target(dest: str, task_id: str | None, url: str) -> Path:
-    """`destination`, once ``dest`` ending with a separator is made a directory (`Path` would
-    drop the separator, and ``out/`` become a file named ``out``)."""
+def download_path(source: Task | str, dest: str | os.PathLike[str]) -> Path:
+    """The file `AsyncVSRClient.download` would save ``source``'s result to in ``dest``, found
+    without downloading anything: to skip a file already there, or to name a progress bar.
+
+    Args:
+        source: A `Task` (completed) or a result URL. A task ID is not enough: query it first.
+        dest: As for `AsyncVSRClient.download`; a string ending with a separator names a
+            directory (not created here).
+
+    Raises:
+        TaskFailedError: The task failed: it has no result.
+        ResultNotReadyError: The task is still queued or processing.
+        ValueError: ``source`` is neither a `Task` nor an http(s) URL.
+        FileNotFoundError: ``dest`` is a file path whose directory does not exist.
+    """
+    if isinstance(source, str) and not _URL.match(source):
+        raise ValueError(
+            f"download_path() takes a Task or a result URL, not the task ID {source!r}: "
+            "get the task with get_task() first"
+        )
+    task_id, url = _task_and_url(source)
+    return _target(os.fspath(dest), task_id, url, create=False)
+
+
+def _target(dest: str, task_id: str | None, url: str, *, create: bool = True) -> Path:
+    """`destination`, with ``dest`` ending with a separator taken as a directory (created, if
+    ``create``): `Path` would drop the separator, and ``out/`` become a file named ``out``."""
     if dest.endswith((os.sep, "/")):
+        if not create:
+            return Path(dest) / _file_name(task_id, url)
         Path(dest).mkdir(parents=True, exist_ok=True)
     return destination(Path(dest), task_id, url)
 
@@ -146,6 +175,11 @@ def destination(dest: Path, task_id: str | None, url: str) -> Path:
         if not dest.parent.is_dir():
             raise FileNotFoundError(f"cannot save to {dest}: {dest.parent} is not a directory")
         return dest
+    return dest / _file_name(task_id, url)
+
+
+def _file_name(task_id: str | None, url: str) -> str:
+    """The safe name `destination` gives a file inside a directory."""
     url_path = PurePosixPath(unquote(httpx.URL(url).path))
     suffix = url_path.suffix if _EXTENSION.fullmatch(url_path.suffix) else _DEFAULT_EXTENSION
     original = task_id if task_id is not None else url_path.stem
@@ -153,7 +187,7 @@ def destination(dest: Path, task_id: str | None, url: str) -> Path:
     if stem != original or len(stem) + len(suffix) > MAX_NAME_LENGTH:
         digest = hashlib.sha256(original.encode(errors="surrogatepass")).hexdigest()[:12]
         stem = f"{stem[: MAX_NAME_LENGTH - len(suffix) - len(digest) - 1]}-{digest}"
-    return dest / (stem + suffix.lower())
+    return stem + suffix.lower()
 
 
 class _Transfer:
@@ -161,13 +195,14 @@ class _Transfer:
 
     def __init__(
         self,
-        client: AsyncVSRClient,
+        tasks: Tasks,
         task_id: str | None,
         url: str,
         part: Path,
         progress: Progress | None,
     ) -> None:
-        self.client = client
+        self.tasks = tasks
+        self.session: Session = tasks.session
         self.task_id = task_id  # set: the task may be queried again for a fresh URL
         self.url = url
         self.part = part
@@ -180,35 +215,38 @@ class _Transfer:
 
     async def run(self) -> None:
         self.etag = await anyio.to_thread.run_sync(self._saved_etag)
-        failures = 0
+        # Retried: transient errors (checked below) and transfers that broke off.
+        retries = self.session.retry.retries(f"GET {shown_url(self.url)}", retry_if=_any)
         while True:
             before = self.done
             try:
-                if await self._attempt():
+                if await self._attempt(self.url):
                     return
                 error: VSRError = DownloadError(
-                    f"{_shown(self.url)} broke off at byte {self.done} of {self.total or '?'}"
+                    f"{shown_url(self.url)} broke off at byte {self.done} of {self.total or '?'}"
                 )
             except ResultExpiredError:
                 if self.task_id is None:
                     raise
-                self.url = result_url(await self.client.get_task(self.task_id))
+                self.url = result_url(await self.tasks.get(self.task_id))
                 self.task_id = None  # once
                 continue
             except VSRError as exc:
                 if not is_transient(exc):
                     raise
                 error = exc
-            failures = 0 if self.done > before else failures + 1
-            if failures > self.client.max_retries:
-                raise error
-            await anyio.sleep(retry_delay(error, max(failures - 1, 0)))
+            if self.done > before:
+                retries.reset()
+            await retries.wait(error)
 
-    async def _attempt(self) -> bool:
-        """One request; whether the part file now holds the whole result."""
-        async with self.client._limiter:  # noqa: SLF001 - downloads share the pool's slots
-            response = await self._open()
-            try:
+    async def _attempt(self, url: str) -> bool:
+        """One request (and its redirects, followed by us: each hop is checked, none has the
+        key); whether the part file now holds the whole result."""
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self.session.stream(url, headers=self._headers()) as response:
+                if response.is_redirect:
+                    url = self._redirect(response)
+                    continue
                 if response.status_code == 416:
                     return await self._complete_at(response)
                 if response.status_code not in (200, 206):
@@ -216,42 +254,17 @@ class _Transfer:
                 if not await self._start(response):
                     return False
                 await self._receive(response)
-            finally:
-                await response.aclose()
-        return self.total is None or self.done == self.total
+                return self.total is None or self.done == self.total
+        raise DownloadError(f"{shown_url(self.url)} redirected more than {MAX_REDIRECTS} times")
 
-    async def _open(self) -> httpx.Response:
-        """Send the GET, following redirects ourselves: each hop is checked, none has the key."""
-        url = self.url
-        for _ in range(MAX_REDIRECTS + 1):
-            request = self.client._http.build_request(  # noqa: SLF001
-                "GET",
-                url,
-                headers=self._headers(),
-                timeout=self.client._request_timeout,  # noqa: SLF001
-            )
-            request.headers.pop("Authorization", None)  # set on the API client: not for storage
-            if self.client._rate is not None:  # noqa: SLF001 - one token per request, not per byte
-                await self.client._rate.acquire()  # noqa: SLF001
-            try:
-                response = await self.client._http.send(  # noqa: SLF001
-                    request, stream=True, auth=None, follow_redirects=False
-                )
-            except httpx.TimeoutException as exc:
-                raise APITimeoutError(f"GET {_shown(url)} timed out") from exc
-            except httpx.TransportError as exc:
-                raise APIConnectionError(f"GET {_shown(url)} failed: {exc!r}") from exc
-            if not response.is_redirect:
-                return response
-            await response.aclose()
-            location = response.headers["location"]
-            try:
-                url = _checked("redirect", str(response.url.join(location)))
-            except ValueError as exc:
-                raise DownloadError(
-                    f"{_shown(self.url)} redirected to a refused URL: {exc}"
-                ) from None
-        raise DownloadError(f"{_shown(self.url)} redirected more than {MAX_REDIRECTS} times")
+    def _redirect(self, response: httpx.Response) -> str:
+        """Where a redirect leads, if it is an http(s) URL."""
+        try:
+            return _checked("redirect", str(response.url.join(response.headers["location"])))
+        except ValueError as exc:
+            raise DownloadError(
+                f"{shown_url(self.url)} redirected to a refused URL: {exc}"
+            ) from None
 
     def _headers(self) -> dict[str, str]:
         """Ask for the rest of the part only if a validator vouches for it (else: all of it)."""
@@ -290,11 +303,11 @@ class _Transfer:
             self.total = int(length) if length and length.isdigit() else None
         elif "range" not in response.request.headers:  # a part, and nothing to append it to
             raise DownloadError(
-                f"{_shown(self.url)} sent a part of the file ({content_range[:80]!r}) "
+                f"{shown_url(self.url)} sent a part of the file ({content_range[:80]!r}) "
                 "when asked for all of it"
             )
         elif match is None or int(match[1]) != self.done:
-            raise DownloadError(f"{_shown(self.url)} sent a range we did not ask for")
+            raise DownloadError(f"{shown_url(self.url)} sent a range we did not ask for")
         elif etag is None or etag != self.etag:  # a server ignoring If-Range: the file changed
             await anyio.to_thread.run_sync(self._restart)
             return False
@@ -334,12 +347,9 @@ class _Transfer:
                         stop.cancel()
             if failure is not None:
                 raise failure
-        except httpx.DecodingError as exc:
-            raise DownloadError(f"GET {_shown(self.url)}: the body could not be decoded") from exc
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(f"GET {_shown(self.url)} stalled") from exc
-        except httpx.TransportError as exc:
-            raise APIConnectionError(f"GET {_shown(self.url)} broke off: {exc!r}") from exc
+        except httpx.DecodingError as exc:  # (the session makes the rest of httpx's errors ours)
+            url = shown_url(self.url)
+            raise DownloadError(f"GET {url}: the body could not be decoded") from exc
         finally:
             with anyio.CancelScope(shield=True):
                 try:
@@ -380,6 +390,10 @@ class _Transfer:
             self.etag_file.unlink(missing_ok=True)
             return None
         return etag or None
+
+
+def _any(_: VSRError) -> bool:
+    return True
 
 
 def _append(file: BinaryIO, data: bytes, offset: int) -> None:
@@ -450,19 +464,13 @@ def _exists(path: Path, advice: str) -> FileExistsError:
 
 
 def _status_error(response: httpx.Response) -> VSRError:
-    code, url = response.status_code, _shown(str(response.url))
+    code, url = response.status_code, shown_url(str(response.url))
     if code in _EXPIRED:
         return ResultExpiredError(url, code)
-    error_class = ServerError if code >= 500 else RateLimitError if code == 429 else APIStatusError
-    return error_class(
+    return status_error_class(code, from_api=False)(
         response.reason_phrase or "error",
         status_code=code,
         retry_after=parse_retry_after(response.headers.get("retry-after")),
         method="GET",
         url=url,
     )
-
-
-def _shown(url: str) -> str:
-    """A result URL without its query: signed URLs carry their signature there."""
-    return url.partition("?")[0]

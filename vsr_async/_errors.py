@@ -112,10 +112,7 @@ class APIStatusError(VSRError):
             phrase = response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)
             message = phrase or "error"
         message = mask(message, token)
-        error_class = _STATUS_ERRORS.get(response.status_code)
-        if error_class is None:
-            error_class = ServerError if response.status_code >= 500 else APIStatusError
-        return error_class(
+        return status_error_class(response.status_code)(
             message,
             status_code=response.status_code,
             request_id=response.headers.get("x-request-id"),
@@ -190,13 +187,23 @@ class WaitTimeoutError(VSRError, TimeoutError):
         self.task = task
 
 
-_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+#: What the API means by these statuses (a storage host means other things by some).
+_API_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
     403: PermissionDeniedError,
     404: TaskNotFoundError,
-    429: RateLimitError,
 }
+
+
+def status_error_class(status_code: int, *, from_api: bool = True) -> type[APIStatusError]:
+    """The error class of an answer with this error status, from the API or (``from_api``
+    false) from another host, such as a storage host serving a result."""
+    if from_api and status_code in _API_ERRORS:
+        return _API_ERRORS[status_code]
+    if status_code == 429:
+        return RateLimitError
+    return ServerError if status_code >= 500 else APIStatusError
 
 
 def parse_retry_after(value: str | None) -> float | None:

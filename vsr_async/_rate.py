@@ -1,5 +1,7 @@
 """The client's rate budget: a token bucket shared by every request, with AIMD on 429s.
 
+Without a ``rate_limit`` there is no bucket, but the server's pauses below still hold.
+
 Requests take a token each, in the order they asked (a FIFO lock): a watch hands its oldest
 due task to the next free worker, so the budget is spread over the tasks in turn. The bucket
 holds ``max(1, rate * RATE_BURST)`` tokens, so any ``T`` seconds see at most
@@ -11,9 +13,11 @@ news of the old rate, not a reason to cut again. Each success adds back
 ``RATE_RECOVERY * budget / rate``: at full speed that is `RATE_RECOVERY` of the budget per
 second, and only traffic that went through can raise it.
 
-A ``Retry-After`` (on a 429 or any other error) also stops every token until it has passed
-(at most `MAX_RETRY_AFTER`): requests already queued for a token would otherwise leave
-during the server's pause, each get a 429, and cut the rate again and again.
+A ``Retry-After`` (on a 429 or any other error) also stops every token until it has passed:
+requests already queued for a token would otherwise leave during the server's pause, each get
+a 429, and cut the rate again and again. One longer than `MAX_RETRY_AFTER` pauses nothing: the
+request that met it raises its error (so does every other that meets it), for the caller to
+decide, instead of every request of the client stalling silently.
 
 The budget reads its clock in one place, `_refill`. A clock that goes back (one client used
 from successive ``trio.run()`` calls, each with its own clock) moves every stored time back with
@@ -42,14 +46,16 @@ class RateBudget:
     """At most ``limit`` requests per second, less after 429s (see the module docstring).
 
     Args:
-        limit: The budget, requests per second.
+        limit: The budget, requests per second; ``None`` for no budget, only pauses.
         clock: The time now, in seconds (`anyio.current_time` by default; tests pass a fake).
     """
 
-    def __init__(self, limit: float, *, clock: Callable[[], float] = anyio.current_time) -> None:
-        self.limit = check_rate("rate_limit", limit)
+    def __init__(
+        self, limit: float | None, *, clock: Callable[[], float] = anyio.current_time
+    ) -> None:
+        self.limit = None if limit is None else check_rate("rate_limit", limit)
         self._clock = clock
-        self._rate = self.limit
+        self._rate = math.inf if self.limit is None else self.limit
         self._tokens = self._capacity()
         self._updated: float | None = None  # (no clock before the event loop runs)
         self._cut_at = -math.inf  # when the rate was last cut
@@ -57,15 +63,23 @@ class RateBudget:
         self._lock = anyio.Lock()  # waiters are served first come, first served
 
     def __repr__(self) -> str:
+        if self.limit is None:
+            return "<RateBudget unlimited>"
         return f"<RateBudget {self._rate:g}/{self.limit:g} per second>"
 
     @property
-    def current(self) -> float:
-        """The rate allowed now, requests per second."""
-        return self._rate
+    def current(self) -> float | None:
+        """The rate allowed now, requests per second (``None`` without a budget)."""
+        return None if self.limit is None else self._rate
+
+    def paused_for(self) -> float:
+        """Seconds until the server's pause ends (0 when there is none)."""
+        return max(0.0, self._not_before - self._refill())
 
     async def acquire(self) -> float:
         """Wait for a token and take it; return the time it was taken (for `slow_down`)."""
+        if self.limit is None and (now := self._refill()) >= self._not_before:
+            return now  # nothing to wait for: no queue either
         async with self._lock:
             while (wait := self.try_acquire()) > 0:  # noqa: ASYNC110 (the wait is known)
                 await anyio.sleep(wait)
@@ -80,6 +94,8 @@ class RateBudget:
         now = self._refill()
         if now < self._not_before:
             return self._not_before - now
+        if self.limit is None:
+            return 0.0
         if self._tokens >= 1 - _ROUNDING:  # (a sleep computed to the token can fall short of it)
             self._tokens = max(self._tokens - 1, 0.0)
             return 0.0
@@ -95,7 +111,7 @@ class RateBudget:
         if status_code == 429:
             self.slow_down(sent_at)
         pause = parse_retry_after(retry_after)
-        if pause is not None:
+        if pause is not None and pause <= MAX_RETRY_AFTER:  # a longer one is raised, not waited
             self.pause(pause)
 
     def pause(self, seconds: float) -> None:
@@ -107,7 +123,7 @@ class RateBudget:
         """A request taken at ``sent_at`` got a 429: cut the rate, unless it was already cut
         after that request left."""
         now = self._refill()
-        if sent_at < self._cut_at:
+        if self.limit is None or sent_at < self._cut_at:
             return
         self._cut_at = now
         self._rate = max(self._rate * RATE_DECREASE, self.limit * RATE_FLOOR)
@@ -115,7 +131,7 @@ class RateBudget:
 
     def succeeded(self) -> None:
         """A request went through: let the rate creep back toward the budget."""
-        if self._rate < self.limit:
+        if self.limit is not None and self._rate < self.limit:
             self._refill()
             self._rate = min(self.limit, self._rate + RATE_RECOVERY * self.limit / self._rate)
 
@@ -132,6 +148,7 @@ class RateBudget:
                 self._not_before += elapsed
                 self._cut_at += elapsed
                 elapsed = 0.0
-            self._tokens = min(self._capacity(), self._tokens + elapsed * self._rate)
+            if self.limit is not None:
+                self._tokens = min(self._capacity(), self._tokens + elapsed * self._rate)
         self._updated = now
         return now

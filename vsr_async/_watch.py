@@ -3,9 +3,10 @@
 A watched task is a small record in a heap ordered by when it is next due, not a coroutine:
 one dispatcher pops due records and hands them to ``max_concurrency`` workers, which poll
 once, report a `Transition` when the status changed, and push the record back. So memory
-grows by a few hundred bytes per task, and a 429 pauses every poller at once (one shared
-not-before time) instead of each finding out for itself. How long a task waits between polls is
-its `Schedule`'s answer (see ``_schedule.py``), with jitter on top.
+grows by a few hundred bytes per task, and a 429 pauses every poller at once (the session's
+rate budget holds the pause, for every request of the client) instead of each finding out for
+itself. How long a task waits between polls is its `Schedule`'s answer (see ``_schedule.py``),
+with jitter on top.
 
 A record is due at its next poll or at its deadline, whichever comes first, and the dispatcher
 gives up a task past its deadline whenever it pops it, paused or not: during a pause a due
@@ -28,7 +29,6 @@ import attrs
 
 from ._config import JITTER, MAX_MALFORMED, RATE_WINDOW, WARN_AFTER_FAILURES, WARN_EVERY
 from ._errors import (
-    APIStatusError,
     AuthenticationError,
     PermissionDeniedError,
     RateLimitError,
@@ -36,7 +36,7 @@ from ._errors import (
     VSRError,
     WaitTimeoutError,
 )
-from ._retry import asks_to_slow_down, backoff_delay, is_transient, retry_delay
+from ._retry import asks_to_slow_down, backoff_delay, is_transient
 from ._schedule import as_schedule
 from ._validate import check_count, check_seconds, check_task_id
 
@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from ._client import AsyncVSRClient
     from ._models import Task, TaskStatus
     from ._schedule import Schedule
+    from ._tasks import Tasks
 
 logger = logging.getLogger("vsr_async")
 
@@ -153,7 +153,7 @@ class Watcher:
 
     def __init__(
         self,
-        client: AsyncVSRClient,
+        tasks: Tasks,
         task_ids: Iterable[str],
         *,
         interval: float | Schedule,
@@ -164,20 +164,22 @@ class Watcher:
         if isinstance(task_ids, str):
             raise TypeError("task_ids must be an iterable of IDs, not one string")
         self._initial = [check_task_id(task_id) for task_id in task_ids]
-        self._client = client
+        self._tasks = tasks
+        session = tasks.session
+        self._budget = session.budget  # holds the server's pauses, for the whole client
+        self._retry = session.retry
         self._pace = as_schedule(interval)
         self._timeout = (
             math.inf if timeout is None else check_seconds("timeout", timeout, finite=False)
         )
         # More workers than connections would only queue at the client's limiter.
         self._max_concurrency = min(
-            check_count("max_concurrency", max_concurrency, minimum=1), client.max_connections
+            check_count("max_concurrency", max_concurrency, minimum=1), session.max_connections
         )
         self._keep_open = keep_open
         self._watched: dict[str, _Watched] = {}
         self._due: list[tuple[float, int, _Watched]] = []
         self._order = itertools.count()  # ties in the heap go to the first scheduled
-        self._not_before = -math.inf  # the shared pause after a 429
         self._throttled = 0  # consecutive 429s / Retry-Afters, across all tasks
         self._warned_at = -math.inf  # when we last warned of polls failing again and again
         self._stopping = False
@@ -292,7 +294,7 @@ class Watcher:
             retries=self._retries,
             rate_limited=self._rate_limited,
             rate=0.0 if self._meter is None else self._meter.rate(anyio.current_time()),
-            allowed_rate=self._client.current_rate,
+            allowed_rate=self._budget.current,
         )
 
     # The workers' side.
@@ -316,11 +318,9 @@ class Watcher:
                     continue
                 entry = heapq.heappop(self._due)[2]
                 if now >= entry.deadline:
-                    error = WaitTimeoutError(entry.task_id, self._timeout, entry.task)
-                    transition = Transition(entry.task_id, _status(entry), entry.task, error)
-                    await self._end(entry, send, transition)
-                elif now < self._not_before:  # paused: due again when it ends (or at the deadline)
-                    self._schedule(entry, self._not_before)
+                    await self._give_up(entry, send)
+                elif (pause := self._budget.paused_for()) > 0:
+                    self._schedule(entry, now + pause)  # due when it ends (or at the deadline)
                 else:
                     await jobs.send(entry)
 
@@ -333,9 +333,9 @@ class Watcher:
             async for entry in jobs:
                 if self._stopping:
                     return
-                if anyio.current_time() < self._not_before:
-                    # Handed over just before a 429 paused the watch: wait like the rest.
-                    self._schedule(entry, self._not_before)
+                if (pause := self._budget.paused_for()) > 0:
+                    # Handed over just before a 429 paused the client: wait like the rest.
+                    self._schedule(entry, anyio.current_time() + pause)
                     continue
                 try:
                     await self._poll(entry, send)
@@ -348,10 +348,16 @@ class Watcher:
     async def _poll(
         self, entry: _Watched, send: MemoryObjectSendStream[Transition | Exception | None]
     ) -> None:
+        now = anyio.current_time()
         if entry.deadline == math.inf:  # its first poll: the timeout counts from here
-            entry.deadline = anyio.current_time() + self._timeout
+            entry.deadline, left = now + self._timeout, math.inf  # (and it is never cut short)
+        else:
+            left = entry.deadline - now
         try:
-            task = await self._send_poll(entry.task_id)
+            task = await self._send_poll(entry.task_id, left)
+            if task is None:  # past its deadline in flight (waiting out a pause, say)
+                await self._give_up(entry, send)
+                return
         except (AuthenticationError, PermissionDeniedError):
             raise  # the key is bad for every task: _work ends the whole watch with it
         except VSRError as exc:
@@ -383,13 +389,18 @@ class Watcher:
         now = anyio.current_time()  # (after a consumer that was slow to take the transition)
         self._schedule(entry, now + self._next_interval(entry, now))
 
-    async def _send_poll(self, task_id: str) -> Task:
+    async def _send_poll(self, task_id: str, seconds: float) -> Task | None:
+        """The task, or ``None`` if no answer came within ``seconds``."""
         assert self._meter is not None  # noqa: S101
         self._polls += 1
         self._in_flight += 1
         self._meter.hit(anyio.current_time())
         try:
-            return await self._client._fetch_task(task_id)  # noqa: SLF001
+            if seconds == math.inf:  # (no cancel scope to pay for)
+                return await self._tasks.fetch(task_id)
+            with anyio.move_on_after(seconds):
+                return await self._tasks.fetch(task_id)
+            return None
         finally:
             self._in_flight -= 1
 
@@ -405,13 +416,13 @@ class Watcher:
         now = anyio.current_time()
         self._retries += 1
         self._rate_limited += isinstance(exc, RateLimitError)
-        delay = retry_delay(exc, entry.failures)
+        delay = self._retry.delay(exc, entry.failures)
         if asks_to_slow_down(exc):
-            # The server asked us to slow down: every poller waits, and longer each time.
+            # The server asked us to slow down: every poller waits, and longer each time. (The
+            # session already paused the budget for a Retry-After; without one, we do.)
             self._throttled += 1
-            retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
-            pause = retry_after if retry_after is not None else backoff_delay(self._throttled)
-            self._not_before = max(self._not_before, now + pause)
+            if isinstance(exc, RateLimitError) and exc.retry_after is None:
+                self._budget.pause(backoff_delay(self._throttled))
         entry.failures += 1
         if entry.failures == WARN_AFTER_FAILURES and now >= self._warned_at + WARN_EVERY:
             # Debug lines are for one failure; a task failing again and again is worth a word
@@ -422,6 +433,13 @@ class Watcher:
         delay = max(delay, self._next_interval(entry, now))
         logger.debug("polling %r failed (%s); again in %.2f s", entry.task_id, exc, delay)
         self._schedule(entry, now + delay)
+
+    async def _give_up(
+        self, entry: _Watched, send: MemoryObjectSendStream[Transition | Exception | None]
+    ) -> None:
+        """End a task past its deadline with a `WaitTimeoutError`."""
+        error = WaitTimeoutError(entry.task_id, self._timeout, entry.task)
+        await self._end(entry, send, Transition(entry.task_id, _status(entry), entry.task, error))
 
     async def _end(
         self,

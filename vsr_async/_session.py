@@ -1,0 +1,284 @@
+"""The session: the one owner of the connections, the slots, the rate budget and the timeouts.
+
+Everything the client sends goes through one `Session`: an API request as one attempt
+(`Session.send`) or retried by the policy (`Session.request`), a storage host's answer as a
+stream (`Session.stream`). Each takes a slot of the capacity limiter (so a thousand callers
+queue here, not in httpx's pool), then a token of the rate budget, and tells the budget how it
+was answered. The layers above hold a session and call these; none of them sees httpx's client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import sniffio
+
+from ._config import DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, USER_AGENT
+from ._errors import APIStatusError, APITimeoutError, ResponseValidationError
+from ._http import (
+    error_from_httpx,
+    log_sent,
+    read_bounded,
+    shown_url,
+    transport_for,
+    url_appender,
+    with_content,
+)
+from ._rate import RateBudget
+from ._retry import is_transient
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping
+
+    from ._errors import VSRError
+    from ._retry import RetryPolicy
+
+
+class Session:
+    """One API account's connections and budgets, from arguments `AsyncVSRClient` checked
+    and documents (``timeout`` is ``None`` for a caller's ``http_client`` to keep its own)."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str,
+        timeout: float | httpx.Timeout | None,
+        retry: RetryPolicy,
+        max_connections: int,
+        http_client: httpx.AsyncClient | None,
+        transport: str,
+        rate_limit: float | None,
+    ) -> None:
+        self.secret = api_key  # to mask wherever an error or a log line quotes a server
+        self.base_url = base_url
+        self.retry = retry
+        self.max_connections = max_connections
+        self.budget = RateBudget(rate_limit)
+        self._asyncio_only = transport == "aiohttp"  # until checked in an event loop
+        if self._asyncio_only:
+            self._check_asyncio()  # made in one already? (else the first request checks)
+        headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self.owns_http_client = http_client is None
+        # Per request: nothing for our own client (its headers and timeout are set once, off
+        # every request's path); for the caller's, our headers, and our timeout if asked for.
+        self._headers: httpx.Headers | None = None
+        self._timeout: dict[str, Any] = {}  # passed as build_request(**it): httpx types it so
+        if http_client is None:
+            limits = httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            )
+            http_client = httpx.AsyncClient(
+                headers=headers,
+                timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                limits=limits,
+                transport=_aiohttp_transport(limits) if transport == "aiohttp" else None,
+            )
+            timeouts = http_client.timeout
+        else:
+            self._headers = httpx.Headers(headers)  # its repr hides the key
+            timeouts = http_client.timeout
+            if timeout is not None:
+                self._timeout["timeout"] = timeouts = httpx.Timeout(timeout)
+        self._http = http_client
+        # Our own client's API requests go straight to the transport httpx would pick for the
+        # base URL, skipping send()'s work; the caller's go through send(), for its hooks.
+        self._transport = (
+            transport_for(http_client, httpx.URL(self.base_url)) if self.owns_http_client else None
+        )
+        self._timeout_extension = http_client.timeout.as_dict()
+        # httpx's read timeout is per read: a server trickling bytes never trips it.
+        self.attempt_timeout = _attempt_seconds(timeouts)
+        # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
+        self._limiter = anyio.CapacityLimiter(max_connections)
+        # Only httpx's own transport has httpcore's pool (and its trace events).
+        self._pool_gate = (
+            anyio.Lock(fast_acquire=True)
+            if type(self._transport) is httpx.AsyncHTTPTransport
+            else None
+        )
+        self.task_url = url_appender(httpx.URL(f"{self.base_url}/v1/result/"))
+        self.closed = False
+
+    async def aclose(self) -> None:
+        """Close the connections, unless the ``http_client`` was the caller's. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            if self.owns_http_client:
+                await self._http.aclose()
+
+    def check_open(self) -> None:
+        """Raise `RuntimeError` once closed (or on trio with the asyncio-only transport)."""
+        if self.closed:
+            raise RuntimeError("this AsyncVSRClient is closed; open a new one")
+        if self._asyncio_only:
+            self._check_asyncio()
+
+    async def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        retry_if: Callable[[VSRError], bool] = is_transient,
+        json: Any = None,
+    ) -> bytes:
+        """`send`, retried by the policy while ``retry_if`` says so."""
+        return await self.retry.call(
+            lambda: self.send(method, url, json=json), f"{method} {url}", retry_if=retry_if
+        )
+
+    async def send(self, method: str, url: str | httpx.URL, *, json: Any = None) -> bytes:
+        """One attempt: the body of a 2xx answer (decoded, as sent); else a `VSRError`."""
+        self.check_open()
+        request = self._build_request(method, url, json)
+        try:
+            async with self._limiter:
+                # The token after the slot: a token kept while waiting for a slot would let
+                # requests bunch up behind a busy pool and leave together, over the budget.
+                sent_at = await self.budget.acquire()
+                with anyio.fail_after(self.attempt_timeout):
+                    response = await self._transmit(request)
+                    try:
+                        content, whole = await read_bounded(response)
+                    finally:
+                        await response.aclose()
+        except TimeoutError as exc:  # our deadline for the whole attempt
+            seconds = self.attempt_timeout
+            raise APITimeoutError(
+                f"{method} {url} timed out (no whole answer in {seconds:g} s)"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise error_from_httpx(exc, f"{method} {url}") from exc
+        if not whole:
+            reason = f"the answer is larger than {MAX_RESPONSE_BYTES} bytes, the most we read"
+            if response.is_success:
+                raise ResponseValidationError.from_body(reason, content, secret=self.secret)
+            content = b""  # the status is the error; a body that size would say nothing more
+        self._answered(sent_at, response)
+        if not response.is_success:
+            raise APIStatusError.from_response(with_content(response, content))
+        return content  # no Response rebuilt around it: the caller only parses it
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, url: str, *, headers: Mapping[str, str]
+    ) -> AsyncIterator[httpx.Response]:
+        """A GET to a storage host, its answer streamed while the block runs.
+
+        It holds a slot and spends a token like an API request, and its answer is reported to
+        the budget; it carries no ``Authorization`` and follows no redirect (the caller checks
+        each hop). httpx's errors in sending or reading become our `VSRError`s.
+        """
+        self.check_open()
+        request = self._http.build_request("GET", url, headers=headers, **self._timeout)
+        request.headers.pop("Authorization", None)  # the API's key: never for a storage host
+        async with self._limiter:
+            sent_at = await self.budget.acquire()
+            try:
+                response = await self._http.send(
+                    request, stream=True, auth=None, follow_redirects=False
+                )
+            except httpx.HTTPError as exc:
+                raise error_from_httpx(exc, f"GET {shown_url(url)}") from exc
+            self._answered(sent_at, response)
+            try:
+                yield response
+            except httpx.HTTPError as exc:  # reading the body
+                raise error_from_httpx(exc, f"GET {shown_url(url)}") from exc
+            finally:
+                await response.aclose()
+
+    def _build_request(self, method: str, url: str | httpx.URL, json: Any) -> httpx.Request:
+        if self._transport is None:  # the caller's client merges in its own settings
+            return self._http.build_request(
+                method, url, headers=self._headers, json=json, **self._timeout
+            )
+        # Ours holds only our headers and timeout: nothing to merge (and no cookies are kept).
+        extensions = {"timeout": self._timeout_extension}
+        return httpx.Request(
+            method, url, headers=self._http.headers, json=json, extensions=extensions
+        )
+
+    def _answered(self, sent_at: float, response: httpx.Response) -> None:
+        """Tell the budget how the request it gave a token at ``sent_at`` was answered."""
+        status = response.status_code
+        retry_after = None if 200 <= status < 300 else response.headers.get("retry-after")
+        self.budget.answered(sent_at, status, retry_after)
+
+    async def _transmit(self, request: httpx.Request) -> httpx.Response:
+        """The streamed response: through the caller's client's ``send()``, so its hooks and
+        auth apply, or straight through our own client's transport."""
+        hooks = self._http.event_hooks  # on ours too, should someone have hooked it
+        if self._transport is None or hooks["request"] or hooks["response"]:
+            return await self._http.send(request, stream=True)
+        response = await self._through_pool(self._transport, request)
+        response.request = request
+        log_sent(request, response)
+        return response
+
+    async def _through_pool(
+        self, transport: httpx.AsyncBaseTransport, request: httpx.Request
+    ) -> httpx.Response:
+        """``transport``'s answer, the request entering httpcore's pool one at a time.
+
+        httpcore hands a new request the first idle connection, which stays idle until its
+        request gets going a few scheduling steps later: requests arriving together are handed
+        the same connection, all but one find it taken and queue again, and every pass over
+        the queue checks every connection (a third of a poll's CPU went there). So a request
+        holds `_pool_gate` until httpcore's first trace event: by then its connection is taken
+        (or being opened), and the next request is handed another.
+        """
+        gate = self._pool_gate
+        if gate is None:
+            return await transport.handle_async_request(request)
+        await gate.acquire()
+        holding = True
+
+        async def on_trace(_name: str, _info: object) -> None:
+            nonlocal holding
+            if holding:
+                holding = False
+                gate.release()
+            request.extensions.pop("trace", None)  # (httpcore's dict: no more events)
+
+        request.extensions["trace"] = on_trace
+        try:
+            return await transport.handle_async_request(request)
+        finally:
+            if holding:  # an error, or a transport that does not trace
+                holding = False
+                gate.release()
+
+    def _check_asyncio(self) -> None:
+        """Refuse a transport made for asyncio on another event loop (checked once, in one)."""
+        try:
+            library = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            return  # not in an event loop yet: the first request checks
+        if library != "asyncio":
+            raise RuntimeError(
+                f"transport='aiohttp' runs on asyncio only, not {library}: "
+                "use the default transport='httpx'"
+            )
+        self._asyncio_only = False
+
+
+def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    from ._aiohttp import aiohttp_transport  # noqa: PLC0415 (the aiohttp extra is optional)
+
+    return aiohttp_transport(limits)
+
+
+def _attempt_seconds(timeout: httpx.Timeout) -> float:
+    """Seconds one attempt may take in all: ``connect + read``, unbounded if either is."""
+    if timeout.connect is None or timeout.read is None:
+        return math.inf
+    return timeout.connect + timeout.read
