@@ -11,7 +11,7 @@ import pytest
 from _cli_helpers import KEY, serve_in_thread
 from click.testing import CliRunner
 
-from vsr_async._cli import _app, _options, main
+from vsr_async._cli import _app, _exits, _options, main
 from vsr_async._cli._ids import MAX_REPORTED, BadLinesError, Collected
 from vsr_async._validate import check_task_id
 from vsr_async.testing import Emulator, Timeline
@@ -392,10 +392,10 @@ def test_ctrl_c_outside_a_batch_is_exit_130(
 
 def test_other_errors_are_not_taken_for_ctrl_c_or_a_closed_pipe() -> None:
     """Only groups made of nothing but the one kind count; anything else is a real error."""
-    assert _options._only(BrokenPipeError, _Group(BrokenPipeError(), _Group(BrokenPipeError())))
-    assert not _options._only(BrokenPipeError, _Group(BrokenPipeError(), ValueError()))
-    assert not _options._only(BrokenPipeError, _Group())
-    assert not _options._only(KeyboardInterrupt, ValueError())
+    assert _exits._only(BrokenPipeError, _Group(BrokenPipeError(), _Group(BrokenPipeError())))
+    assert not _exits._only(BrokenPipeError, _Group(BrokenPipeError(), ValueError()))
+    assert not _exits._only(BrokenPipeError, _Group())
+    assert not _exits._only(KeyboardInterrupt, ValueError())
 
 
 def test_the_command_to_run_again_is_the_one_typed_without_the_key(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+import attrs
 import click
 
 from vsr_async import Model, __version__
@@ -17,26 +19,22 @@ from vsr_async.testing import Emulator, Faults
 from ._demo import run_demo
 from ._display import CreatedIds, make_display, use_live_display
 from ._download import make_printer
+from ._exits import EXIT_CODES, STATUS_EXIT_CODES, ConfigError, exits, report_fatal, run
 from ._ids import check_video_url
 from ._jsonl import ResultsFile, ResultsFileError
 from ._options import (
     DEFAULT_DOWNLOAD_CONCURRENCY,
-    EXIT_CODES,
-    STATUS_EXIT_CODES,
-    ConfigError,
+    BatchOptions,
     api_options,
     backend_option,
+    batch_options,
     collect,
     command_line,
     concurrency_option,
-    download_options,
-    exits,
     from_file_option,
     make_client,
     make_directory,
-    pace_options,
     plain_option,
-    run,
     unreachable,
     verbose_option,
     wrong_path,
@@ -47,7 +45,7 @@ from ._status import StatusPrinter
 from ._tally import Saving, Tally
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable, Iterator, Sequence
 
     from vsr_async import AsyncVSRClient
 
@@ -102,7 +100,7 @@ def status(
     query = functools.partial(query_all, client, ids, concurrency=concurrency, show=printer.show)
     outcome = run(backend, query)
     printer.close()
-    _report_fatal(outcome.fatal)
+    report_fatal(outcome.fatal)
     if outcome.unreachable:
         click.echo(f"Error: {unreachable(client.base_url)}", err=True)
     elif ids and outcome.foreign_not_found == len(ids):
@@ -122,25 +120,14 @@ def status(
     "skipped, the others go on from their last recorded status. With no IDs, watch those FILE "
     "holds as unfinished.",
 )
-@download_options
-@pace_options
-@api_options
+@batch_options
 @exits
 def watch(
     *,
     task_ids: tuple[str, ...],
     files: tuple[IO[str], ...],
     jsonl: Path | None,
-    download: Path | None,
-    download_concurrency: int,
-    interval: float,
-    timeout: float | None,
-    concurrency: int,
-    plain: bool,
-    api_key: str | None,
-    base_url: str | None,
-    rate_limit: float | None,
-    backend: str,
+    options: BatchOptions,
 ) -> int:
     """Watch tasks, all at once, until each has completed or failed.
 
@@ -153,39 +140,17 @@ def watch(
         raise click.UsageError(
             f"no task IDs: give some, or a --jsonl file that has some ({jsonl} does not exist)"
         )
-    client = _client(
-        api_key, base_url, concurrency, download, download_concurrency, rate_limit=rate_limit
-    )
-    results = _open_results(jsonl)
-    try:
+
+    def plan(client: AsyncVSRClient, results: ResultsFile | None) -> _Plan:
+        to_watch = ids
         if results is not None and resume_only:
-            ids = list(results.task_ids)
-            if not ids:
+            to_watch = list(results.task_ids)
+            if not to_watch:
                 raise click.UsageError("no task IDs: give some, or a --jsonl file that has some")
-        tally, to_download = _resume(ids, results, download)
-        title = f"Watching {len(ids)} tasks at {client.base_url}"
-        display = make_display(tally, plain=plain, title=title)
-        _note_resumed(display, tally, to_download, jsonl)
-        pace = Pace(interval=interval, timeout=timeout, concurrency=concurrency)
-        to_watch = [task_id for task_id in ids if task_id not in tally.outcomes]
-        batch = functools.partial(
-            run_batch,
-            client,
-            tally,
-            display,
-            pace=pace,
-            ids=to_watch,
-            results=results,
-            to_download=to_download,
-            download_concurrency=download_concurrency,
-        )
-        code = _run_batch(backend, batch, tally)
-        if tally.interrupted and results is not None:
-            click.echo("To resume: run the same command again", err=True)
-        return code
-    finally:
-        if results is not None:
-            results.close()
+        title = f"Watching {len(to_watch)} tasks at {client.base_url}"
+        return _watching(to_watch, results, options, title=title)
+
+    return _batch(options, jsonl, plan, resume_hint=_run_again)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -208,9 +173,7 @@ def watch(
     help="Create a task for every video URL, even those the --jsonl FILE holds a task for "
     "(billed again).",
 )
-@download_options
-@pace_options
-@api_options
+@batch_options
 @exits
 def create(
     *,
@@ -220,16 +183,7 @@ def create(
     then_watch: bool,
     jsonl: Path | None,
     force: bool,
-    download: Path | None,
-    download_concurrency: int,
-    interval: float,
-    timeout: float | None,
-    concurrency: int,
-    plain: bool,
-    api_key: str | None,
-    base_url: str | None,
-    rate_limit: float | None,
-    backend: str,
+    options: BatchOptions,
 ) -> int:
     """Create a task per video URL, concurrently, and print the new IDs.
 
@@ -237,7 +191,7 @@ def create(
     again creates only the video URLs FILE holds no task for, and prints the IDs of the others
     (or with --watch, watches them) too.
     """
-    if download is not None and not then_watch:
+    if options.download is not None and not then_watch:
         raise click.UsageError("--download needs --watch: results come as tasks complete")
     urls = collect(video_urls, files, check_video_url, what="video URLs")
     try:
@@ -246,47 +200,21 @@ def create(
         raise click.BadParameter(str(exc), param_hint="'--model'") from None
     if model not in {known.value for known in Model}:
         click.echo(f"Warning: {model!r} is not a model this version knows; trying it.", err=True)
-    client = _client(
-        api_key, base_url, concurrency, download, download_concurrency, rate_limit=rate_limit
-    )
-    results = _open_results(jsonl)
-    try:
+
+    def plan(client: AsyncVSRClient, results: ResultsFile | None) -> _Plan:
         held = {} if results is None or force else _held(results, model, urls)
         creates = [(url, model) for url in urls if url not in held]
         if results is not None and not force:
             _note_held(results, len(held), len(urls))
         if then_watch:
-            tally, to_download = _resume(list(held.values()), results, download)
             title = f"Creating and watching {len(urls)} tasks at {client.base_url}"
-            display = make_display(tally, plain=plain, title=title)
-            _note_resumed(display, tally, to_download, jsonl)
-            to_watch = [task_id for task_id in held.values() if task_id not in tally.outcomes]
-        else:
-            tally, to_download, to_watch = Tally(), [], []
-            display = CreatedIds(tally)
-            for task_id in held.values():  # stdout lists the whole batch, for `> ids.txt`
-                click.echo(task_id)
-        pace = Pace(interval=interval, timeout=timeout, concurrency=concurrency)
-        batch = functools.partial(
-            run_batch,
-            client,
-            tally,
-            display,
-            pace=pace,
-            ids=to_watch,
-            creates=creates,
-            watch=then_watch,
-            results=results,
-            to_download=to_download,
-            download_concurrency=download_concurrency,
-        )
-        code = _run_batch(backend, batch, tally, watched=then_watch)
-        if tally.interrupted and results is not None:
-            _hint_create_again(results, model, urls, tally)
-        return code
-    finally:
-        if results is not None:
-            results.close()
+            return _watching(list(held.values()), results, options, title=title, creates=creates)
+        for task_id in held.values():  # stdout lists the whole batch, for `> ids.txt`
+            click.echo(task_id)
+        tally = Tally()
+        return _Plan(tally, CreatedIds(tally), creates=creates, watch=False)
+
+    return _batch(options, jsonl, plan, resume_hint=functools.partial(_create_again, model, urls))
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -353,9 +281,9 @@ def download(
         ),
     )
     printer.summary(interrupted=outcome.interrupted is not None)
-    _report_fatal(outcome.fatal)
+    report_fatal(outcome.fatal)
     if outcome.interrupted:
-        click.echo("To resume: run the same command again", err=True)
+        _run_again()
     return outcome.exit_code()
 
 
@@ -460,31 +388,115 @@ def _need_emulator_extra() -> None:
         raise ConfigError("this needs the emulator extra: pip install 'vsr-async[emulator]'")
 
 
-def _client(
-    api_key: str | None,
-    base_url: str | None,
-    concurrency: int,
-    download: Path | None,
-    download_concurrency: int,
+@attrs.frozen
+class _Plan:
+    """What a batch of `watch` or `create` is to do, and how it shows.
+
+    Attributes:
+        ids: The tasks to watch (beside those it creates).
+        to_download: Completed tasks whose result to download (``--download``).
+        creates: ``(video_url, model)`` of each task to create.
+        watch: Whether to watch the tasks, or only create them.
+    """
+
+    tally: Tally
+    display: Display
+    ids: Sequence[str] = ()
+    to_download: Sequence[str] = ()
+    creates: Sequence[tuple[str, str]] = ()
+    watch: bool = True
+
+
+def _batch(
+    options: BatchOptions,
+    jsonl: Path | None,
+    plan: Callable[[AsyncVSRClient, ResultsFile | None], _Plan],
     *,
-    rate_limit: float | None,
-) -> AsyncVSRClient:
+    resume_hint: Callable[[ResultsFile, Tally], None],
+) -> int:
+    """The one skeleton of `watch` and `create`: the client, the results file (open while the
+    batch runs), the batch ``plan`` makes, run to its summary; then why the key was refused, or
+    with the results file after a signal, the ``resume_hint``. Returns the exit code."""
+    client = _client(options)
+    with _results_file(jsonl) as results:
+        planned = plan(client, results)
+        batch = functools.partial(
+            run_batch,
+            client,
+            planned.tally,
+            planned.display,
+            pace=Pace(
+                interval=options.interval, timeout=options.timeout, concurrency=options.concurrency
+            ),
+            ids=planned.ids,
+            creates=planned.creates,
+            watch=planned.watch,
+            results=results,
+            to_download=planned.to_download,
+            download_concurrency=options.download_concurrency,
+        )
+        run(options.backend, batch)
+        report_fatal(planned.tally.fatal)
+        if planned.tally.interrupted and results is not None:
+            resume_hint(results, planned.tally)
+        return planned.tally.exit_code(watched=planned.watch)
+
+
+def _client(options: BatchOptions) -> AsyncVSRClient:
     """The client of a batch, after making the download directory if there is one: downloads
     get connections of their own, so polls keep theirs."""
-    if download is None:
-        return make_client(api_key, base_url, concurrency, rate_limit=rate_limit)
-    make_directory(download)
-    return make_client(api_key, base_url, concurrency + download_concurrency, rate_limit=rate_limit)
+    connections = options.concurrency
+    if options.download is not None:
+        make_directory(options.download)
+        connections += options.download_concurrency
+    return make_client(
+        options.api_key, options.base_url, connections, rate_limit=options.rate_limit
+    )
 
 
-def _note_resumed(
-    display: Display, tally: Tally, to_download: list[str], jsonl: Path | None
-) -> None:
-    """Say what a rerun takes from the results file: tasks ended, results to download."""
-    if tally.resumed:
-        display.note(f"{tally.resumed} tasks already ended in {jsonl}: not watched again.")
+@contextlib.contextmanager
+def _results_file(path: Path | None) -> Iterator[ResultsFile | None]:
+    """The results file at ``path`` (if any), open: what it holds read, ready to append."""
+    if path is None:
+        yield None
+        return
+    results = ResultsFile(path)
+    try:
+        results.open()
+    except ResultsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    if results.cut_torn_line:
+        click.echo(f"Note: cut off the last line of {path}, torn by an earlier crash.", err=True)
+    try:
+        yield results
+    finally:
+        results.close()
+
+
+def _watching(
+    ids: list[str],
+    results: ResultsFile | None,
+    options: BatchOptions,
+    *,
+    title: str,
+    creates: Sequence[tuple[str, str]] = (),
+) -> _Plan:
+    """The plan of a batch that watches ``ids`` (and the tasks of ``creates``): those
+    ``results`` holds as ended are not watched again, and with ``--download``, those it holds as
+    completed without a download are downloaded. Says so on the display."""
+    tally, to_download = _resume(ids, results, options.download)
+    display = make_display(tally, plain=options.plain, title=title)
+    if results is not None and tally.resumed:
+        display.note(f"{tally.resumed} tasks already ended in {results.path}: not watched again.")
     if to_download:
         display.note(f"{len(to_download)} of them completed without a download: downloading.")
+    to_watch = [task_id for task_id in ids if task_id not in tally.outcomes]
+    return _Plan(tally, display, to_watch, to_download, creates)
+
+
+def _run_again(*_: object) -> None:
+    """After a signal: the same command resumes the run."""
+    click.echo("To resume: run the same command again", err=True)
 
 
 def _held(results: ResultsFile, model: str, urls: list[str]) -> dict[str, str]:
@@ -512,7 +524,7 @@ def _note_held(results: ResultsFile, held: int, total: int) -> None:
         )
 
 
-def _hint_create_again(results: ResultsFile, model: str, urls: list[str], tally: Tally) -> None:
+def _create_again(model: str, urls: list[str], results: ResultsFile, tally: Tally) -> None:
     """After a signal: the command that resumes a create, and what it has left to create."""
     click.echo(
         f"To resume: {command_line(click.get_current_context(), leave_out=['force'])}", err=True
@@ -550,33 +562,6 @@ def _resume(
         else:
             to_download.append(task_id)
     return tally, to_download
-
-
-def _open_results(path: Path | None) -> ResultsFile | None:
-    if path is None:
-        return None
-    results = ResultsFile(path)
-    try:
-        results.open()
-    except ResultsFileError as exc:
-        raise ConfigError(str(exc)) from None
-    if results.cut_torn_line:
-        click.echo(f"Note: cut off the last line of {path}, torn by an earlier crash.", err=True)
-    return results
-
-
-def _run_batch(
-    backend: str, batch: Callable[[], Awaitable[None]], tally: Tally, *, watched: bool = True
-) -> int:
-    """Run ``batch`` and say if the key was refused; returns the exit code."""
-    run(backend, batch)
-    _report_fatal(tally.fatal)
-    return tally.exit_code(watched=watched)
-
-
-def _report_fatal(message: str | None) -> None:
-    if message is not None:
-        click.echo(f"Error: the API refused the key: {message}", err=True)
 
 
 class _EchoHandler(logging.Handler):

@@ -13,8 +13,9 @@ from vsr_async import AsyncVSRClient, Model
 from vsr_async.testing import Emulator, EmulatorServer, Faults, Timeline
 
 from ._display import make_display
+from ._exits import EXIT_FAILED, EXIT_OK
 from ._run import Pace, run_batch
-from ._tally import EXIT_FAILED, EXIT_OK, Tally
+from ._tally import Tally
 
 if TYPE_CHECKING:
     import random

@@ -8,7 +8,7 @@ from __future__ import annotations
 import collections
 import os
 import sys
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
 import click
@@ -30,13 +30,14 @@ from ._tally import DOWNLOADED, GAVE_UP, WAITING, printable, signal_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from types import TracebackType
 
     from rich.console import RenderableType
 
     from vsr_async import Transition, WatchStats
 
     from ._tally import Outcome, Saved, Saving, Tally
+
+S = TypeVar("S", bound="Shown")
 
 #: Seconds between two frames of the live display.
 REFRESH_INTERVAL = 0.25
@@ -64,17 +65,30 @@ def use_live_display(*, plain: bool) -> bool:
     )
 
 
+class Shown:
+    """What a run shows, entered around it: `start` on entering, `stop` on leaving (here, both
+    do nothing)."""
+
+    def __enter__(self: S) -> S:  # noqa: PYI019 - `Self` needs typing_extensions on 3.10
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+
 class Display(Protocol):
     """What the runner tells a display. Used as a context manager around the batch."""
 
     def __enter__(self) -> Display: ...
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    def __exit__(self, *_: object) -> None: ...
 
     async def refresh_forever(self) -> None:
         """Redraw until cancelled (a live display), or return at once."""
@@ -179,22 +193,11 @@ def failures(tally: Tally) -> list[Outcome]:
     ]
 
 
-class PlainDisplay:
+class PlainDisplay(Shown):
     """One line per event on stdout, flushed at once, with no control codes."""
 
     def __init__(self, tally: Tally) -> None:
         self._tally = tally
-
-    def __enter__(self) -> PlainDisplay:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pass
 
     async def refresh_forever(self) -> None:
         """Nothing to redraw."""
@@ -239,7 +242,7 @@ class PlainDisplay:
         return f"{self._tally.elapsed:8.2f}s"
 
 
-class LiveDisplay:
+class LiveDisplay(Shown):
     """Counts per status, a progress bar with ETA, the latest transitions, then a summary."""
 
     def __init__(self, tally: Tally, *, title: str, console: Console | None = None) -> None:
@@ -260,17 +263,13 @@ class LiveDisplay:
         self._stats: Callable[[], WatchStats] | None = None
         self._live = Live(console=self._console, get_renderable=self._render, auto_refresh=False)
 
-    def __enter__(self) -> LiveDisplay:
+    def start(self) -> None:
+        """Start drawing."""
         self._live.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._live.stop()  # draws the last frame and leaves it on screen
+    def stop(self) -> None:
+        """Draw the last frame, and leave it on screen."""
+        self._live.stop()
 
     async def refresh_forever(self) -> None:
         """Redraw every `REFRESH_INTERVAL` until cancelled."""

@@ -30,16 +30,16 @@ from vsr_async import (
     TaskFailedError,
     TaskNotFoundError,
     VSRError,
+    download_path,
 )
-from vsr_async._download import destination, result_url
 
-from ._display import describe_saved, downloaded_size, use_live_display
-from ._tally import DOWNLOADED, EXISTS, FATAL, Saved, printable
+from ._display import Shown, describe_saved, downloaded_size, use_live_display
+from ._exits import FATAL
+from ._tally import DOWNLOADED, EXISTS, Saved, printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
-    from types import TracebackType
 
     from rich.progress import TaskID
 
@@ -84,7 +84,7 @@ async def save(
     task_id = source if isinstance(source, str) else source.id
     try:
         task = await client.get_task(source) if isinstance(source, str) else source
-        path = destination(directory, task.id, result_url(task))
+        path = download_path(task, directory)
         if not overwrite and await anyio.Path(path).exists():
             return Saved(task_id, EXISTS, path, (await anyio.Path(path).stat()).st_size)
         kept = _Kept(None if progress is None else progress(task_id, path))
@@ -127,7 +127,7 @@ def summary(saved: Sequence[Saved], total: int, directory: Path, *, interrupted:
     return f"{what}: {', '.join(parts)}; {total} tasks, into {directory}"
 
 
-class SavedLines:
+class SavedLines(Shown):
     """``download`` off a terminal: a tab-separated line per task as it ends; the summary on
     stderr, so stdout holds only those lines."""
 
@@ -135,17 +135,6 @@ class SavedLines:
         self.directory = directory
         self.total = total
         self.saved: list[Saved] = []
-
-    def __enter__(self) -> SavedLines:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pass
 
     def progress(self, task_id: str, path: Path) -> OnProgress | None:  # noqa: ARG002
         """No progress shown: a line when the file is done."""
@@ -184,17 +173,13 @@ class SavedBars(SavedLines):
         )
         self._bars: dict[str, TaskID] = {}
 
-    def __enter__(self) -> SavedBars:
+    def start(self) -> None:
+        """Say where the results go, and start drawing the bars."""
         self._console.print(f"Downloading {self.total} results into {self.directory}", markup=False)
         self._progress.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
+        """Stop drawing the bars."""
         self._progress.stop()
 
     def progress(self, task_id: str, path: Path) -> OnProgress:

@@ -1,18 +1,16 @@
-"""Options shared by several commands, and turning them into a client, a list of IDs, a run."""
+"""Options shared by several commands, and turning them into a client and a list of IDs."""
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
-import os
 import shlex
 import sys
 import warnings
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-import anyio
+import attrs
 import click
 from click.core import ParameterSource
 
@@ -20,45 +18,16 @@ from vsr_async import AsyncVSRClient
 from vsr_async._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_INTERVAL, DEFAULT_MAX_CONNECTIONS
 from vsr_async._validate import check_seconds
 
+from ._exits import ConfigError
 from ._ids import BadLinesError, Collected
-from ._tally import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable
 
 F = TypeVar("F", bound="Callable[..., Any]")
-T = TypeVar("T")
 
 #: Downloads in flight at once, by default: a few big files, not a flood.
 DEFAULT_DOWNLOAD_CONCURRENCY = 4
-
-EXIT_CODES = """\b
-Exit codes:
-  0    every task completed (or was created, for create without --watch), and every result
-       to download is saved (or was there already)
-  1    some task failed, was given up, or could not be created, queried or downloaded
-       (demo: 0 when each of its tasks ended exactly once, its failures by design included)
-  2    usage or configuration error: a bad flag, no API key, an invalid ID
-  3    the API refused the key (401 or 403)
-  130  interrupted (Ctrl-C, SIGINT): creates in flight are answered and recorded, the
-       summary so far is printed; a second Ctrl-C or SIGTERM stops without waiting for them
-  143  stopped by SIGTERM (docker stop, systemd, Kubernetes): the same clean stop as 130"""
-
-#: ``status`` only queries: its exit codes, without creates, downloads or the demo.
-STATUS_EXIT_CODES = """\b
-Exit codes:
-  0    every task was queried, and none has failed
-  1    some task failed, or could not be queried (not found, unreachable, an error)
-  2    usage or configuration error: a bad flag, no API key, an invalid ID
-  3    the API refused the key (401 or 403)
-  130  interrupted (Ctrl-C, SIGINT): the answers so far are printed
-  143  stopped by SIGTERM (docker stop, systemd, Kubernetes): the same clean stop as 130"""
-
-
-class ConfigError(click.ClickException):
-    """A configuration problem: shown as one ``Error:`` line, exit code 2."""
-
-    exit_code = EXIT_USAGE
 
 
 def seconds(*, finite: bool) -> Callable[[click.Context, click.Parameter, float | None], Any]:
@@ -75,98 +44,68 @@ def seconds(*, finite: bool) -> Callable[[click.Context, click.Parameter, float 
     return check
 
 
-def exits(command: F) -> F:
-    """Make a command's returned int its exit code, Ctrl-C outside a batch (or a third one in
-    it) exit 130, and a reader that went away (``| head``) a quiet exit 1, as click does."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            code = command(*args, **kwargs)
-        except BaseException as exc:  # task groups wrap these in exception groups
-            if _only(KeyboardInterrupt, exc):
-                click.echo("\nInterrupted.", err=True)
-                code = EXIT_INTERRUPTED
-            elif _only(BrokenPipeError, exc):
-                # Python flushes stdout at exit, which would fail again: point it at devnull.
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                code = EXIT_FAILED
-            else:
-                raise
-        click.get_current_context().exit(code)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _only(kind: type[BaseException], exc: BaseException) -> bool:
-    """Whether ``exc`` is a ``kind``, or an exception group of nothing else."""
-    if isinstance(exc, kind):
-        return True
-    inner: Sequence[BaseException] = getattr(exc, "exceptions", ())
-    return bool(inner) and all(_only(kind, each) for each in inner)
+def _stack(command: F, *options: Callable[[F], F]) -> F:
+    """``command`` under ``options``, as if they were stacked above it in this order."""
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def api_options(command: F) -> F:
     """``--api-key``, ``--base-url``, ``--rate-limit``, ``--backend`` and ``-v``."""
-    for option in reversed(
-        [
-            click.option(
-                "--api-key",
-                envvar=API_KEY_ENV,
-                metavar="KEY",
-                help=f"The API key. Default: ${API_KEY_ENV}. The environment is safer: a flag "
-                "shows in `ps` and in your shell history.",
-            ),
-            click.option(
-                "--base-url",
-                envvar=BASE_URL_ENV,
-                metavar="URL",
-                help=f"The API's root URL. Default: ${BASE_URL_ENV}, else the provider's.",
-            ),
-            click.option(
-                "--rate-limit",
-                type=click.FloatRange(min=0, min_open=True),
-                metavar="N",
-                default=None,
-                help="At most N requests per second from this process (fewer after a 429). "
-                "Default: no limit.",
-            ),
-            backend_option,
-            verbose_option,
-        ]
-    ):
-        command = option(command)
-    return command
+    return _stack(
+        command,
+        click.option(
+            "--api-key",
+            envvar=API_KEY_ENV,
+            metavar="KEY",
+            help=f"The API key. Default: ${API_KEY_ENV}. The environment is safer: a flag "
+            "shows in `ps` and in your shell history.",
+        ),
+        click.option(
+            "--base-url",
+            envvar=BASE_URL_ENV,
+            metavar="URL",
+            help=f"The API's root URL. Default: ${BASE_URL_ENV}, else the provider's.",
+        ),
+        click.option(
+            "--rate-limit",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="N",
+            default=None,
+            help="At most N requests per second from this process (fewer after a 429). "
+            "Default: no limit.",
+        ),
+        backend_option,
+        verbose_option,
+    )
 
 
 def pace_options(command: F) -> F:
     """``--interval``, ``--timeout``, ``--concurrency`` and ``--plain``."""
-    for option in reversed(
-        [
-            click.option(
-                "--interval",
-                type=float,
-                metavar="SECONDS",
-                callback=seconds(finite=True),
-                default=DEFAULT_INTERVAL,
-                show_default=True,
-                help="Seconds between two polls of one task.",
-            ),
-            click.option(
-                "--timeout",
-                type=float,
-                metavar="SECONDS",
-                callback=seconds(finite=False),
-                default=None,
-                help="Give a task up after this many seconds (it counts as not completed). "
-                "Default: never.",
-            ),
-            concurrency_option,
-            plain_option,
-        ]
-    ):
-        command = option(command)
-    return command
+    return _stack(
+        command,
+        click.option(
+            "--interval",
+            type=float,
+            metavar="SECONDS",
+            callback=seconds(finite=True),
+            default=DEFAULT_INTERVAL,
+            show_default=True,
+            help="Seconds between two polls of one task.",
+        ),
+        click.option(
+            "--timeout",
+            type=float,
+            metavar="SECONDS",
+            callback=seconds(finite=False),
+            default=None,
+            help="Give a task up after this many seconds (it counts as not completed). "
+            "Default: never.",
+        ),
+        concurrency_option,
+        plain_option,
+    )
 
 
 def _verbose(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -207,28 +146,54 @@ plain_option = click.option(
 
 def download_options(command: F) -> F:
     """``--download DIR`` and ``--download-concurrency``."""
-    for option in reversed(
-        [
-            click.option(
-                "--download",
-                type=click.Path(file_okay=False, path_type=Path),
-                metavar="DIR",
-                help="Download each result into DIR (created if missing) as soon as its task "
-                "completes, while the others are watched. A file already there is kept; with "
-                "--jsonl, each download is recorded and a rerun finishes the missing ones.",
-            ),
-            click.option(
-                "--download-concurrency",
-                type=click.IntRange(min=1),
-                metavar="N",
-                default=DEFAULT_DOWNLOAD_CONCURRENCY,
-                show_default=True,
-                help="Downloads in flight at once (on top of --concurrency).",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
+    return _stack(
+        command,
+        click.option(
+            "--download",
+            type=click.Path(file_okay=False, path_type=Path),
+            metavar="DIR",
+            help="Download each result into DIR (created if missing) as soon as its task "
+            "completes, while the others are watched. A file already there is kept; with "
+            "--jsonl, each download is recorded and a rerun finishes the missing ones.",
+        ),
+        click.option(
+            "--download-concurrency",
+            type=click.IntRange(min=1),
+            metavar="N",
+            default=DEFAULT_DOWNLOAD_CONCURRENCY,
+            show_default=True,
+            help="Downloads in flight at once (on top of --concurrency).",
+        ),
+    )
+
+
+@attrs.frozen
+class BatchOptions:
+    """The options `watch` and `create` share: `download_options`, `pace_options`, `api_options`."""
+
+    download: Path | None
+    download_concurrency: int
+    interval: float
+    timeout: float | None
+    concurrency: int
+    plain: bool
+    api_key: str | None
+    base_url: str | None
+    rate_limit: float | None
+    backend: str
+
+
+def batch_options(command: F) -> F:
+    """`download_options`, `pace_options` and `api_options`, given to ``command`` as one
+    `BatchOptions`: its ``options`` argument."""
+    names = [field.name for field in attrs.fields(BatchOptions)]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        options = BatchOptions(**{name: kwargs.pop(name) for name in names})
+        return command(options=options, **kwargs)
+
+    return _stack(wrapper, download_options, pace_options, api_options)  # type: ignore[return-value]
 
 
 from_file_option = click.option(
@@ -364,10 +329,3 @@ def make_directory(path: Path) -> None:
 def _name(source: object) -> str:
     name = getattr(source, "name", "<stdin>")
     return "stdin" if name in ("<stdin>", "-") else str(name)
-
-
-def run(backend: str, function: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``function(*args)`` on ``backend``."""
-    if backend == "trio" and importlib.util.find_spec("trio") is None:
-        raise ConfigError("--backend trio needs trio: pip install trio")
-    return anyio.run(function, *args, backend=backend)

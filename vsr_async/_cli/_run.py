@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -25,9 +25,9 @@ from vsr_async import (
 from vsr_async._validate import check_model
 
 from ._download import save
+from ._exits import FATAL, exit_code
 from ._jsonl import created_record, download_record, transition_record
 from ._options import unreachable, wrong_path
-from ._tally import FATAL, exit_code
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from ._download import SavedLines
     from ._jsonl import ResultsFile
     from ._tally import Tally
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -415,35 +417,25 @@ async def query_all(
     outcome = Queried()
     answers: dict[int, tuple[Task | None, VSRError | None]] = {}
     shown = 0
-    pending = iter(enumerate(ids))
 
-    async def query(stop: anyio.CancelScope) -> None:
+    async def query(item: tuple[int, str]) -> None:
         nonlocal shown
-        for index, task_id in pending:
-            try:
-                answers[index] = (await client.get_task(task_id), None)
-            except FATAL as exc:
-                outcome.fatal = str(exc)
-                stop.cancel()
-                return
-            except VSRError as exc:
-                answers[index] = (None, exc)
-                outcome.unreachable |= cannot_connect(exc)
-                outcome.foreign_not_found += foreign_not_found(exc)
-            while shown in answers:  # everything before it is shown: show it, and what follows
-                task, error = answers.pop(shown)
-                outcome.failed += error is not None or (
-                    task is not None and task.status == "failed"
-                )
-                show(ids[shown], task, error)
-                shown += 1
+        index, task_id = item
+        try:
+            answers[index] = (await client.get_task(task_id), None)
+        except FATAL:
+            raise
+        except VSRError as exc:
+            answers[index] = (None, exc)
+            outcome.unreachable |= cannot_connect(exc)
+            outcome.foreign_not_found += foreign_not_found(exc)
+        while shown in answers:  # everything before it is shown: show it, and what follows
+            task, error = answers.pop(shown)
+            outcome.failed += error is not None or (task is not None and task.status == "failed")
+            show(ids[shown], task, error)
+            shown += 1
 
-    async def work(task_group: TaskGroup) -> None:
-        async with client, anyio.create_task_group() as queries:
-            for _ in range(min(concurrency, len(ids))):
-                queries.start_soon(query, task_group.cancel_scope)
-
-    outcome.interrupted = await run_until_interrupted(work)
+    await _each(client, list(enumerate(ids)), concurrency, query, outcome)
     return outcome
 
 
@@ -459,26 +451,42 @@ async def download_all(
     """Download each task's result into ``directory``, ``concurrency`` at a time, each shown by
     ``printer`` as it ends."""
     outcome = Queried()
-    pending = iter(ids)
 
-    async def download(stop: anyio.CancelScope) -> None:
-        for task_id in pending:
+    async def download(task_id: str) -> None:
+        saved = await save(
+            client, task_id, directory, overwrite=overwrite, progress=printer.progress
+        )
+        outcome.failed += not saved.ok
+        printer.show(saved)
+
+    with printer:
+        await _each(client, ids, concurrency, download, outcome)
+    return outcome
+
+
+async def _each(
+    client: AsyncVSRClient,
+    items: Sequence[T],
+    concurrency: int,
+    handle: Callable[[T], Awaitable[None]],
+    outcome: Queried,
+) -> None:
+    """``await handle(item)`` for each of ``items``, ``concurrency`` at a time, until all are
+    done, a signal stops the run or the key is refused (``outcome`` says which)."""
+    pending = iter(items)
+
+    async def worker(stop: anyio.CancelScope) -> None:
+        for item in pending:
             try:
-                saved = await save(
-                    client, task_id, directory, overwrite=overwrite, progress=printer.progress
-                )
+                await handle(item)
             except FATAL as exc:
                 outcome.fatal = str(exc)
                 stop.cancel()
                 return
-            outcome.failed += not saved.ok
-            printer.show(saved)
 
     async def work(task_group: TaskGroup) -> None:
-        async with client, anyio.create_task_group() as downloads:
-            for _ in range(min(concurrency, len(ids))):
-                downloads.start_soon(download, task_group.cancel_scope)
+        async with client, anyio.create_task_group() as workers:
+            for _ in range(min(concurrency, len(items))):
+                workers.start_soon(worker, task_group.cancel_scope)
 
-    with printer:
-        outcome.interrupted = await run_until_interrupted(work)
-    return outcome
+    outcome.interrupted = await run_until_interrupted(work)

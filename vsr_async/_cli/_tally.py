@@ -9,39 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from vsr_async import AuthenticationError, PermissionDeniedError
+from ._exits import exit_code
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from vsr_async import Transition
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_AUTH = 3
-#: Stopped by a signal: 128 plus its number, as shells report a process a signal ended, so 130
-#: for SIGINT (Ctrl-C) and 143 for SIGTERM (`docker stop`, systemd, Kubernetes).
-EXIT_SIGNALLED = 128
-EXIT_INTERRUPTED = EXIT_SIGNALLED + signal.SIGINT
-
-#: A refused key ends the whole run (exit 3): every other request would be refused too.
-FATAL = (AuthenticationError, PermissionDeniedError)
-
 WAITING = "waiting"  # not seen yet
 GAVE_UP = "gave up"  # the watch stopped watching it: not found, past --timeout...
 #: The order of the display's counts; statuses this library does not know come before the last 3.
 LABELS = (WAITING, "queued", "processing", "completed", "failed", GAVE_UP)
-
-
-def exit_code(*, interrupted: signal.Signals | None, fatal: bool, failed: bool) -> int:
-    """The one exit-code policy: 128 + the signal's number if one stopped the run (130 for
-    SIGINT, 143 for SIGTERM), 3 if the key was refused, 1 if anything failed, else 0."""
-    if interrupted is not None:
-        return EXIT_SIGNALLED + interrupted
-    if fatal:
-        return EXIT_AUTH
-    return EXIT_FAILED if failed else EXIT_OK
 
 
 def signal_name(signum: signal.Signals) -> str:
