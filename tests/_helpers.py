@@ -204,8 +204,20 @@ def record_sends(client: AsyncVSRClient) -> list[float]:
 
 
 def watcher_tasks() -> list[str]:
-    """Names of the running tasks that belong to a watch."""
-    return [task.name for task in anyio.get_running_tasks() if "vsr_async._watch." in task.name]
+    """Names of the running tasks that belong to a scheduler (a watch's, or a client's)."""
+    return [task.name for task in anyio.get_running_tasks() if "vsr_async._scheduler." in task.name]
+
+
+def still_polling(client: AsyncVSRClient) -> list[str]:
+    """What still polls after every watch and wait of ``client`` ended: tasks watched, polls
+    in flight, and scheduler tasks beyond the client's own (its run and its workers, while it
+    is open with ``async with``), which a watch with a scheduler of its own would leave."""
+    stats = client.stats
+    own = client.max_connections + 1 if client._polling is not None else 0
+    left = [f"{stats.watched} watched"] if stats.watched else []
+    left += [f"{stats.in_flight} in flight"] if stats.in_flight else []
+    tasks = watcher_tasks()
+    return left + (tasks if len(tasks) > own else [])
 
 
 # Scripted answers through httpx.MockTransport, for unit tests of the layers.

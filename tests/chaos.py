@@ -220,10 +220,17 @@ async def run(
                 except Exception as exc:  # reported: the test fails on it
                     escaped.append(repr(exc))
                 seconds = time.monotonic() - started
+                # Once the watch has ended, the client's scheduler watches nothing, has no
+                # poll in flight, and runs no task beyond its own (its run and its workers).
+                stats = client.stats
                 leftover_tasks = tuple(
                     name
                     for name in (str(t.name) for t in anyio.get_running_tasks())
-                    if "vsr_async._watch." in name
+                    if "vsr_async._scheduler." in name
+                )[client.max_connections + 1 :] + (
+                    (f"{stats.watched} watched, {stats.in_flight} in flight",)
+                    if stats.watched or stats.in_flight
+                    else ()
                 )
             leftover_connections = await _settled(port)
             stop.set()

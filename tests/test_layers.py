@@ -24,9 +24,10 @@ LAYERS = {
     "_rate": 2,
     "_session": 3,
     "_tasks": 4,
-    "_watch": 5,
+    "_scheduler": 5,
     "_download": 5,
-    "_client": 6,
+    "_watch": 6,
+    "_client": 7,
 }
 #: What the command line and the emulator may use beside the public names: defaults and checks.
 BOTTOM = {"_config", "_validate"}

@@ -146,13 +146,13 @@ async def test_a_task_processing_for_long_is_polled_less_often() -> None:
         watcher = client.watch([task_id], interval=schedule)
         schedule.asked.clear()  # (watch() asked once, to check the schedule)
         due: list[float] = []  # when the watch schedules each poll, on its clock
-        plan = watcher._schedule
+        plan = watcher._scheduler._schedule
 
         def logged_plan(entry: Any, when: float) -> None:
             due.append(when)
             plan(entry, when)
 
-        watcher._schedule = logged_plan  # type: ignore[method-assign]
+        watcher._scheduler._schedule = logged_plan  # type: ignore[method-assign]
         with anyio.fail_after(60):
             async with watcher, anyio.create_task_group() as group:
                 group.start_soon(_drain, watcher)

@@ -25,8 +25,8 @@ from _helpers import (
     reply,
     request_driven,
     serve,
+    still_polling,
     task_reply,
-    watcher_tasks,
 )
 
 import vsr_async._retry
@@ -77,7 +77,7 @@ async def test_wait_returns_the_completed_task() -> None:
     assert task.video_url is not None
     assert task.video_url.endswith(".mp4")
     assert len(emulator.polls(task_id)) >= 2
-    assert watcher_tasks() == []
+    assert still_polling(client) == []
 
 
 async def test_wait_raises_task_failed_error_carrying_the_task() -> None:
@@ -126,7 +126,7 @@ async def test_wait_timeout_carries_the_last_task_seen() -> None:
     assert info.value.task.status is TaskStatus.PROCESSING
     assert 0.4 <= elapsed < 0.4 + 2.5  # (an honest margin for a busy machine)
     assert all(at <= ended for at in sent)
-    assert watcher_tasks() == []
+    assert still_polling(client) == []
 
 
 async def test_wait_timeout_is_kept_when_the_server_is_slow() -> None:
@@ -170,7 +170,7 @@ async def test_outer_cancellation_is_not_a_wait_timeout() -> None:
     assert scope.cancelled_caught
     assert sent
     assert all(at <= left for at in sent)
-    assert watcher_tasks() == []
+    assert still_polling(client) == []
 
 
 async def test_wait_unknown_id_raises_not_found() -> None:

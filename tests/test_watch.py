@@ -26,11 +26,11 @@ from _helpers import (
     record_sends,
     request_driven,
     serve,
-    watcher_tasks,
+    still_polling,
 )
 
 import vsr_async._retry
-import vsr_async._watch
+import vsr_async._scheduler
 from vsr_async import (
     AsyncVSRClient,
     AuthenticationError,
@@ -339,7 +339,7 @@ async def test_polls_every_interval_with_jitter(monkeypatch: pytest.MonkeyPatch)
         drawn.append((low, high))
         return next(factors)
 
-    monkeypatch.setattr(vsr_async._watch, "random", types.SimpleNamespace(uniform=uniform))
+    monkeypatch.setattr(vsr_async._scheduler, "random", types.SimpleNamespace(uniform=uniform))
     emulator = Emulator()
     ids = [emulator.add_task(FOREVER) for _ in range(10)]
     events: dict[str, list[tuple[str, float]]] = {task_id: [] for task_id in ids}
@@ -766,7 +766,7 @@ async def test_leaving_early_stops_every_poller(how: str) -> None:
                     leaving = await until_a_poll_is_stuck()
         left = time.monotonic()
         assert left - leaving < 2.5  # it did not wait out the 3 s answers in flight
-        assert watcher_tasks() == []
+        assert still_polling(client) == []
         pool = transport._pool
         assert all(
             connection.is_idle() or connection.is_closed() for connection in pool.connections

@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 from _doc_samples import ROOT
-from _helpers import watcher_tasks
+from _helpers import still_polling
 
 from vsr_async.testing import Emulator, EmulatorServer, Timeline
 
@@ -235,7 +235,7 @@ async def test_disconnect_stops_the_poller(app, emulator) -> None:
             tg.start_soon(app, scope, receive_until(disconnected), send)
             await wait_for_polls(emulator, task_id, 5)
             disconnected.set()
-        assert watcher_tasks() == []  # the app returned: its watch has stopped
+        assert still_polling(client) == []  # the app returned: its watch has stopped
         assert sent[0]["type"] == "http.response.start"
         assert b"event: transition" in sent[1]["body"]
         sent_before = len(polls_sent)
@@ -264,7 +264,7 @@ async def test_wait_stops_when_the_client_disconnects(app, emulator, monkeypatch
             tg.start_soon(app, scope, receive_until(disconnected), send)
             await wait_for_polls(emulator, task_id, 3)
             disconnected.set()
-        assert watcher_tasks() == []
+        assert still_polling(client) == []
         sent_before = len(polls_sent)
         await settle(client, emulator, 0.02)
     assert sent_before >= 3

@@ -23,7 +23,8 @@ from ._errors import (
 )
 from ._models import Model, Task, TaskError, TaskStatus
 from ._schedule import Schedule, Stretching
-from ._watch import Transition, Watcher, WatchStats
+from ._scheduler import WatchStats
+from ._watch import Transition, Watcher
 
 __all__ = [
     "APIConnectionError",

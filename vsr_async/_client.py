@@ -26,6 +26,7 @@ from ._download import download
 from ._errors import TaskFailedError, WaitTimeoutError
 from ._models import TaskStatus
 from ._retry import RetryPolicy
+from ._scheduler import Scheduler
 from ._session import Session
 from ._tasks import Tasks
 from ._validate import (
@@ -44,9 +45,11 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import httpx
+    from anyio.abc import TaskGroup
 
     from ._models import Model, Task
     from ._schedule import Schedule
+    from ._scheduler import WatchStats
     from ._watch import Transition
 
 
@@ -116,6 +119,8 @@ class AsyncVSRClient:
             rate_limit=self.rate_limit,
         )
         self._tasks = Tasks(self._session)
+        self._scheduler = Scheduler(self._tasks, workers=self.max_connections)
+        self._polling: TaskGroup | None = None  # runs the scheduler while the client is open
 
     @property
     def current_rate(self) -> float | None:
@@ -127,8 +132,23 @@ class AsyncVSRClient:
         state = "closed" if self._session.closed else "open"
         return f"<AsyncVSRClient base_url={self.base_url!r} {state}>"
 
+    @property
+    def stats(self) -> WatchStats:
+        """The counters of the client's shared scheduler (every watch and wait of a client
+        opened with ``async with``): tasks watched, polls in flight and sent, retries, 429s,
+        the poll rate and the allowed rate."""
+        return self._scheduler.stats()
+
     async def __aenter__(self) -> AsyncVSRClient:
+        """Open the client: its watches and waits share one scheduler, polled in a task group
+        of the client's until it is closed (enter and leave it in one task, as any task group:
+        an app's lifespan, say)."""
         self._session.check_open()
+        if self._polling is not None:
+            raise RuntimeError("this AsyncVSRClient is already open in an `async with` block")
+        self._polling = anyio.create_task_group()
+        await self._polling.__aenter__()
+        self._polling.start_soon(self._scheduler.run)
         return self
 
     async def __aexit__(
@@ -137,7 +157,13 @@ class AsyncVSRClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        polling, self._polling = self._polling, None
+        try:
+            if polling is not None:
+                polling.cancel_scope.cancel()
+                await polling.__aexit__(None, None, None)  # (the scheduler raises nothing)
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connections, unless the ``http_client`` was the caller's. Idempotent."""
@@ -200,7 +226,7 @@ class AsyncVSRClient:
         deadline = math.inf if timeout is None else check_seconds("timeout", timeout, finite=False)
         last: Transition | None = None
         with anyio.move_on_after(deadline):
-            async with self.watch([task_id], interval=interval, max_concurrency=1) as watcher:
+            async with self.watch([task_id], interval=interval) as watcher:
                 async for last in watcher:  # noqa: B007 (the last one is the answer)
                     pass
         if last is None or not last.is_final:
@@ -236,8 +262,11 @@ class AsyncVSRClient:
                 for a task that keeps one status for long).
             timeout: Seconds after a task's first poll when, still running, it is given up (its
                 last transition carries a `WaitTimeoutError`); ``None`` never gives up.
-            max_concurrency: Polls in flight at once; at most (and by default)
-                ``max_connections``.
+            max_concurrency: Give this watch a pool of pollers of its own, this many at
+                most (and at most ``max_connections``). By default a watch of a client opened
+                with ``async with`` shares the client's scheduler: a task many watch is polled
+                once per interval (the shortest asked); without ``async with``, each watch
+                polls for itself with up to ``max_connections`` polls in flight.
             keep_open: Keep watching, even with nothing left, until `Watcher.done_adding`.
 
         Raises:
@@ -254,8 +283,9 @@ class AsyncVSRClient:
             task_ids,
             interval=interval,
             timeout=timeout,
-            max_concurrency=self.max_connections if max_concurrency is None else max_concurrency,
+            max_concurrency=max_concurrency,
             keep_open=keep_open,
+            scheduler=None if self._polling is None else self._scheduler,
         )
 
     async def download(

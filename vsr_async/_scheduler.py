@@ -1,0 +1,370 @@
+"""The scheduler: one heap of due polls, a bounded set of workers, and the subscribers of each task.
+
+A watched task is a small record in a heap ordered by when it is next due, not a coroutine:
+a dispatcher pops due records and hands them to ``workers`` workers, which poll once and push
+the record back. Watches and waits do not poll: they subscribe to task IDs. One poll per task
+per interval serves every subscriber of that task (the shortest interval asked wins), and each
+subscriber is told of every answer through `Subscriber.observe`, which never waits: a task has
+few transitions, so what a slow consumer has not taken yet stays small, and it holds up no one.
+
+A subscriber's ``timeout`` counts from the first poll of the task after it subscribed (so a
+task waiting behind thousands of others, or behind the rate budget, is never given up unasked),
+and it is the subscriber's alone: an entry of its own in the heap gives the task up for it when
+it comes, paused or not, while the others go on. When a task's last subscriber leaves, its
+record is dropped and a poll of it in flight is cancelled. A ``Retry-After`` pauses the session's
+rate budget, for every request of the client: the dispatcher holds due records until it ends.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import random
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+import attrs
+
+from ._config import JITTER, MAX_MALFORMED, RATE_WINDOW, WARN_AFTER_FAILURES, WARN_EVERY
+from ._errors import (
+    AuthenticationError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseValidationError,
+    VSRError,
+    WaitTimeoutError,
+)
+from ._retry import asks_to_slow_down, backoff_delay, is_transient
+from ._validate import check_seconds
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from ._models import Task
+    from ._schedule import Schedule
+    from ._tasks import Tasks
+
+logger = logging.getLogger("vsr_async")
+
+
+class Subscriber(Protocol):
+    """What the scheduler tells of the tasks it polls: a watch, a wait."""
+
+    #: Seconds after the first poll of a task (once subscribed) when it is given up.
+    timeout: float
+
+    def observe(self, task_id: str, task: Task | None, error: VSRError | None = None) -> None:
+        """A poll's answer (``error`` set when the task is given up); must not wait."""
+
+    def fail(self, error: Exception, unwinding: list[anyio.Event]) -> None:
+        """An error that ends every subscription (a refused key); must not wait. The polls
+        it cancelled set ``unwinding``'s events once unwound."""
+
+
+@attrs.frozen(kw_only=True)
+class WatchStats:
+    """A watch's counters at one moment, from `Watcher.stats` (or the client's, from
+    `AsyncVSRClient.stats`).
+
+    Attributes:
+        watched: Tasks being watched (added and not ended).
+        in_flight: Polls being sent now.
+        polls: Polls sent so far, failed ones included.
+        retries: Polls that failed and were scheduled again.
+        rate_limited: Polls answered 429 (counted in ``retries`` too).
+        rate: Polls sent per second, over the last few seconds.
+        allowed_rate: The requests per second the client allows now (its
+            `AsyncVSRClient.current_rate`), or ``None`` without a ``rate_limit``.
+    """
+
+    watched: int
+    in_flight: int
+    polls: int
+    retries: int
+    rate_limited: int
+    rate: float
+    allowed_rate: float | None = None
+
+
+class _Meter:
+    """Counts events in two fixed windows, for a sliding-window rate in O(1) time and memory."""
+
+    __slots__ = ("_current", "_origin", "_previous", "_start")
+
+    def __init__(self, now: float) -> None:
+        self._origin = self._start = now
+        self._current = self._previous = 0
+
+    def hit(self, now: float) -> None:
+        self._roll(now)
+        self._current += 1
+
+    def rate(self, now: float) -> float:
+        """Events per second over the last `RATE_WINDOW` (or since the start, if sooner)."""
+        self._roll(now)
+        into = (now - self._start) / RATE_WINDOW  # how far into the current window, 0 to 1
+        count = self._previous * (1 - into) + self._current
+        return count / max(min(now - self._origin, RATE_WINDOW), 1.0)
+
+    def _roll(self, now: float) -> None:
+        if now >= self._start + RATE_WINDOW:
+            windows = (now - self._start) // RATE_WINDOW
+            self._previous = self._current if windows == 1 else 0
+            self._current = 0
+            self._start += windows * RATE_WINDOW
+
+
+@attrs.define(eq=False)
+class _Record:
+    """One polled task: all the scheduler keeps per ID."""
+
+    task_id: str
+    since: float  # when its current status was first seen (or it was added): the schedules' 0
+    subscribers: dict[Subscriber, Schedule] = attrs.Factory(dict)
+    waiting: list[Subscriber] = attrs.Factory(list)  # subscribed, deadline not started
+    task: Task | None = None
+    failures: int = 0  # consecutive transient failures
+    malformed: int = 0  # consecutive unreadable answers
+    version: int = 0  # bumped when rescheduled or dropped: older heap entries are stale
+    polling: anyio.CancelScope | None = None  # the poll in flight
+    unwound: anyio.Event | None = None  # set once a cancelled poll in flight has unwound
+
+
+@attrs.define(eq=False)
+class _Expiry:
+    """A subscriber's deadline for one task."""
+
+    subscriber: Subscriber
+    record: _Record
+
+
+class Scheduler:
+    """The heap, the workers and the subscriptions; `run` polls until cancelled."""
+
+    def __init__(self, tasks: Tasks, *, workers: int) -> None:
+        self._tasks = tasks
+        self._budget = tasks.session.budget  # holds the server's pauses, for the whole client
+        self._retry = tasks.session.retry
+        self._workers = workers
+        self._records: dict[str, _Record] = {}
+        self._due: list[tuple[float, int, _Record | _Expiry, int]] = []
+        self._order = itertools.count()  # ties in the heap go to the first scheduled
+        self._throttled = 0  # consecutive 429s / Retry-Afters, across all tasks
+        self._warned_at = -math.inf  # when we last warned of polls failing again and again
+        self._changed: anyio.Event | None = None
+        self._in_flight = self._polls = self._retries = self._rate_limited = 0
+        self._meter: _Meter | None = None
+
+    # The subscribers' side.
+
+    def subscribe(self, subscriber: Subscriber, task_id: str, schedule: Schedule) -> None:
+        """Add ``subscriber``'s interest in ``task_id``; it hears of the task at once if a poll
+        already saw it (its first sighting, for it), else at the next poll."""
+        record = self._records.get(task_id)
+        if record is None:
+            now = anyio.current_time()
+            record = self._records[task_id] = _Record(task_id, since=now)
+            self._schedule(record, now)
+        record.subscribers[subscriber] = schedule
+        if subscriber.timeout < math.inf:
+            record.waiting.append(subscriber)
+        if record.task is not None:
+            subscriber.observe(task_id, record.task)
+
+    def unsubscribe(self, subscriber: Subscriber, task_id: str) -> anyio.Event | None:
+        """Drop ``subscriber``'s interest; the task's last subscriber leaving stops its polls.
+        Returns, if a poll of it was in flight, the event set once that poll has unwound."""
+        record = self._records.get(task_id)
+        if record is None or record.subscribers.pop(subscriber, None) is None:
+            return None
+        if not record.subscribers:
+            self._drop(record)
+        return record.unwound
+
+    def stats(self, watched: int | None = None) -> WatchStats:
+        """The counters now (``watched``: a subscriber's own count, else every task's)."""
+        return WatchStats(
+            watched=len(self._records) if watched is None else watched,
+            in_flight=self._in_flight,
+            polls=self._polls,
+            retries=self._retries,
+            rate_limited=self._rate_limited,
+            rate=0.0 if self._meter is None else self._meter.rate(anyio.current_time()),
+            allowed_rate=self._budget.current,
+        )
+
+    # The workers' side.
+
+    async def run(self) -> None:
+        """Poll due tasks until cancelled (by whoever hosts the scheduler)."""
+        self._changed = anyio.Event()
+        self._meter = self._meter or _Meter(anyio.current_time())
+        jobs_in, jobs_out = anyio.create_memory_object_stream[_Record]()
+        async with anyio.create_task_group() as task_group, jobs_in, jobs_out:
+            for _ in range(self._workers):
+                task_group.start_soon(self._work, jobs_out.clone())
+            await self._dispatch(jobs_in)
+
+    async def _dispatch(self, jobs: MemoryObjectSendStream[_Record]) -> None:
+        while True:
+            now = anyio.current_time()
+            due = self._due[0][0] if self._due else math.inf
+            if due > now:
+                with anyio.move_on_after(due - now):
+                    await self._wait_changed()
+                continue
+            _, _, item, version = heapq.heappop(self._due)
+            if isinstance(item, _Expiry):
+                self._expire(item)
+            elif version != item.version:
+                continue  # rescheduled or dropped since
+            elif (pause := self._budget.paused_for()) > 0:
+                self._schedule(item, now + pause)  # due again when it ends
+            else:
+                item.version += 1  # (in a worker's hands: no other entry counts meanwhile)
+                await jobs.send(item)
+
+    async def _work(self, jobs: MemoryObjectReceiveStream[_Record]) -> None:
+        async with jobs:
+            async for record in jobs:
+                if record.subscribers:
+                    try:
+                        await self._poll(record)
+                    except Exception as exc:  # noqa: BLE001 (401/403, a closed client, a bug)
+                        self._fail_all(exc)
+
+    async def _poll(self, record: _Record) -> None:
+        waiting, record.waiting = record.waiting, []
+        try:
+            with anyio.CancelScope() as record.polling:
+                task = await self._send_poll(record.task_id)
+        except (AuthenticationError, PermissionDeniedError):
+            raise  # the key is bad for every task: _work ends every subscription with it
+        except VSRError as exc:
+            self._failed(record, exc)
+            return
+        finally:
+            record.polling = None
+            if record.unwound is not None:
+                record.unwound.set()
+            # The first poll since they came is over: their deadlines start. (Not before its
+            # answer: a task waiting for its turn or for a token is never given up unasked.)
+            now = anyio.current_time()
+            for subscriber in waiting:
+                if subscriber in record.subscribers:
+                    self._push(now + subscriber.timeout, _Expiry(subscriber, record), 0)
+        if not record.subscribers:  # cancelled: its last subscriber left
+            return
+        previous = None if record.task is None else record.task.status
+        record.task, record.failures, record.malformed = task, 0, 0
+        self._throttled = 0
+        if previous is None or task.status.casefold() != previous.casefold():
+            record.since = anyio.current_time()
+        for subscriber in list(record.subscribers):
+            subscriber.observe(record.task_id, task)
+        if task.is_terminal:
+            self._drop(record)
+        else:
+            now = anyio.current_time()
+            self._schedule(record, now + self._next_interval(record, now))
+
+    async def _send_poll(self, task_id: str) -> Task:
+        assert self._meter is not None  # noqa: S101
+        self._polls += 1
+        self._in_flight += 1
+        self._meter.hit(anyio.current_time())
+        try:
+            return await self._tasks.fetch(task_id)
+        finally:
+            self._in_flight -= 1
+
+    def _failed(self, record: _Record, exc: VSRError) -> None:
+        """A poll that failed with ``exc``: the task given up, or polled again later."""
+        if isinstance(exc, ResponseValidationError):
+            record.malformed += 1
+            give_up = record.malformed >= MAX_MALFORMED
+        else:
+            record.malformed = 0  # "in a row": a readable error answer breaks the run
+            give_up = not is_transient(exc)  # 404, 400...: this task only
+        if give_up:
+            for subscriber in list(record.subscribers):
+                subscriber.observe(record.task_id, record.task, exc)
+            self._drop(record)
+        else:
+            self._retry_later(record, exc)
+
+    def _next_interval(self, record: _Record, now: float) -> float:
+        """The shortest interval its subscribers' schedules ask for now, with jitter."""
+        elapsed = now - record.since
+        schedules = {id(s): s for s in record.subscribers.values()}.values()
+        interval = min(s.next_interval(elapsed) for s in schedules)
+        interval = check_seconds("the schedule's interval", interval)
+        return interval * random.uniform(1 - JITTER, 1 + JITTER)
+
+    def _retry_later(self, record: _Record, exc: VSRError) -> None:
+        """Schedule a poll that failed with a transient ``exc`` again; a ``Retry-After`` past
+        `MAX_RETRY_AFTER` raises ``exc``, which ends every subscription (as it would fail
+        `get_task`)."""
+        now = anyio.current_time()
+        self._retries += 1
+        self._rate_limited += isinstance(exc, RateLimitError)
+        delay = self._retry.delay(exc, record.failures)
+        if asks_to_slow_down(exc):
+            # The server asked us to slow down: every poller waits, and longer each time. (The
+            # session already paused the budget for a Retry-After; without one, we do.)
+            self._throttled += 1
+            if isinstance(exc, RateLimitError) and exc.retry_after is None:
+                self._budget.pause(backoff_delay(self._throttled))
+        record.failures += 1
+        if record.failures == WARN_AFTER_FAILURES and now >= self._warned_at + WARN_EVERY:
+            # Debug lines are for one failure; a task failing again and again is worth a word
+            # (but not a word per task: a bad server fails them all).
+            self._warned_at = now
+            logger.warning("polls keep failing (%s); retrying with backoff", exc)
+        # A failed poll never brings the next one closer than the normal interval.
+        delay = max(delay, self._next_interval(record, now))
+        logger.debug("polling %r failed (%s); again in %.2f s", record.task_id, exc, delay)
+        self._schedule(record, now + delay)
+
+    def _expire(self, expiry: _Expiry) -> None:
+        """A subscriber's deadline for a task: give the task up for it, if it still waits."""
+        subscriber, record = expiry.subscriber, expiry.record
+        if self._records.get(record.task_id) is record and subscriber in record.subscribers:
+            error = WaitTimeoutError(record.task_id, subscriber.timeout, record.task)
+            subscriber.observe(record.task_id, record.task, error)
+            self.unsubscribe(subscriber, record.task_id)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """End every subscription with ``exc`` and forget every task."""
+        subscribers = {s for r in self._records.values() for s in r.subscribers}
+        records = list(self._records.values())
+        for record in records:
+            self._drop(record)
+        unwinding = [r.unwound for r in records if r.unwound is not None]
+        for subscriber in subscribers:
+            subscriber.fail(exc, unwinding)
+
+    def _drop(self, record: _Record) -> None:
+        if self._records.get(record.task_id) is record:
+            del self._records[record.task_id]
+        record.version += 1
+        record.subscribers.clear()
+        if record.polling is not None and record.unwound is None:
+            record.polling.cancel()
+            record.unwound = anyio.Event()
+
+    def _schedule(self, record: _Record, when: float) -> None:
+        record.version += 1
+        self._push(when, record, record.version)
+
+    def _push(self, when: float, item: _Record | _Expiry, version: int) -> None:
+        heapq.heappush(self._due, (when, next(self._order), item, version))
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _wait_changed(self) -> None:
+        assert self._changed is not None  # noqa: S101
+        await self._changed.wait()
+        self._changed = anyio.Event()
