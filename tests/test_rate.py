@@ -363,7 +363,7 @@ async def test_server_never_sees_more_than_the_budget() -> None:
     """A watch of 30 tasks at a 50 ms interval (600 polls/s wanted) plus get_task() calls
     beside it, at rate_limit=40: the budget never gives more than its rate (plus the burst) in
     any half second, and the server never counts more than that plus the requests that were
-    on their way (at most one per connection); every request took one token, at the full
+    on their way (at most one per connection); every request took a token, at the full
     budget (the rate was never cut without a 429)."""
     rate, window = 40.0, 0.5
     emulator = Emulator()
@@ -390,10 +390,10 @@ async def test_server_never_sees_more_than_the_budget() -> None:
         # A busy server may read requests sent apart all at once: the window may also hold
         # those given a token before it and still on their way, each holding a connection.
         assert most_in_window(arrivals, seconds) <= allowed + client.max_connections
-    # Every request the server answered took exactly one token (the watch and the queries
-    # ended by themselves: nothing was cancelled on its way), and the budget gave them at its
-    # full rate: no answer cut it.
-    assert len(log.grants) == len(arrivals) == len(log.answers)
+    # Every request the server saw took one token, and the budget gave them at its full rate:
+    # no answer cut it. (A poll still waiting for its token or its answer when its task's
+    # timeout came is abandoned: a token may go unused, a request never goes untokened.)
+    assert len(log.grants) >= len(arrivals) >= len(log.answers)
     assert len(arrivals) >= len(ids) + 15  # each task polled, each query sent
     assert set(log.rates) == {rate}
 
