@@ -102,8 +102,9 @@ class Result:
 
     @property
     def polls(self) -> int:
-        """Polls the server counted in the steady state (whole seconds from t0)."""
-        return sum(self.server["per_second"][: self.seconds])
+        """Polls the server counted in the steady state: its seconds 1 to ``seconds``, as its
+        clock starts one second early (its second 0 also counts the second before it)."""
+        return sum(self.server["per_second"][1 : self.seconds + 1])
 
     @property
     def rate(self) -> float:
@@ -220,7 +221,9 @@ def measure(variant: str, backend: str, args: argparse.Namespace) -> Result:
     load = os.getloadavg()[0]
     t0 = time.monotonic() + lead
     server_command = [sys.executable, "-m", "tests.bench._fleet_server", "--workload", "idle"]
-    server_command += ["--tasks", str(served), "--t0", repr(t0)]
+    # The server counts polls per second from its t0: one second early, so that its second 0,
+    # where int() also puts the polls of the second before it, is left out of the window.
+    server_command += ["--tasks", str(served), "--t0", repr(t0 - 1.0)]
     server = subprocess.Popen(  # noqa: S603
         server_command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
