@@ -217,3 +217,23 @@ async def test_a_watch_of_an_unopened_client_polls_for_itself() -> None:
             assert client.stats.watched == 0  # (its shared scheduler never ran)
         finally:
             await client.aclose()
+
+
+async def test_deadlines_of_watches_that_left_do_not_pile_up() -> None:
+    """A web app's requests come and go with long timeouts: each one's deadline is an entry in
+    the scheduler's heap until it is due, an hour later. Those of requests that left are swept
+    out, so the heap stays the size of what is watched, not of every request this hour."""
+    emulator = Emulator()
+    task_id = emulator.add_task(FOREVER)
+    async with serve(emulator) as client, client.watch([task_id], interval=0.01) as keeper:
+        await keeper.__anext__()
+        for _ in range(100):
+            async with client.watch([task_id], interval=0.01, timeout=3600):
+                polled = len(emulator.requests)
+                # Two more polls: the first since it came has been answered, and its
+                # deadline (an hour away) is in the heap.
+                await until(lambda: len(emulator.requests) >= polled + 2)  # noqa: B023
+        due = client._scheduler._due
+        # Live: the task's entry alone (the keeper has no deadline); stale ones are swept
+        # when there are more than 2 x (1 task + 1 subscription) + 64.
+        assert len(due) <= 2 * (1 + 1) + 64 + 1

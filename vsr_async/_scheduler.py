@@ -150,6 +150,7 @@ class Scheduler:
         self._workers = workers
         self._records: dict[str, _Record] = {}
         self._due: list[tuple[float, int, _Record | _Expiry, int]] = []
+        self._subscriptions = 0  # (subscriber, task) pairs: each has at most one live _Expiry
         self._order = itertools.count()  # ties in the heap go to the first scheduled
         self._throttled = 0  # consecutive 429s / Retry-Afters, across all tasks
         self._warned_at = -math.inf  # when we last warned of polls failing again and again
@@ -167,6 +168,7 @@ class Scheduler:
             now = anyio.current_time()
             record = self._records[task_id] = _Record(task_id, since=now)
             self._schedule(record, now)
+        self._subscriptions += subscriber not in record.subscribers
         record.subscribers[subscriber] = schedule
         if subscriber.timeout < math.inf:
             record.waiting.append(subscriber)
@@ -179,6 +181,7 @@ class Scheduler:
         record = self._records.get(task_id)
         if record is None or record.subscribers.pop(subscriber, None) is None:
             return None
+        self._subscriptions -= 1
         if not record.subscribers:
             self._drop(record)
         return record.unwound
@@ -216,10 +219,10 @@ class Scheduler:
                     await self._wait_changed()
                 continue
             _, _, item, version = heapq.heappop(self._due)
+            if not self._live(item, version):
+                continue
             if isinstance(item, _Expiry):
                 self._expire(item)
-            elif version != item.version:
-                continue  # rescheduled or dropped since
             elif (pause := self._budget.paused_for()) > 0:
                 self._schedule(item, now + pause)  # due again when it ends
             else:
@@ -329,12 +332,11 @@ class Scheduler:
         self._schedule(record, now + delay)
 
     def _expire(self, expiry: _Expiry) -> None:
-        """A subscriber's deadline for a task: give the task up for it, if it still waits."""
+        """A subscriber's deadline for a task: give the task up for it."""
         subscriber, record = expiry.subscriber, expiry.record
-        if self._records.get(record.task_id) is record and subscriber in record.subscribers:
-            error = WaitTimeoutError(record.task_id, subscriber.timeout, record.task)
-            subscriber.observe(record.task_id, record.task, error)
-            self.unsubscribe(subscriber, record.task_id)
+        error = WaitTimeoutError(record.task_id, subscriber.timeout, record.task)
+        subscriber.observe(record.task_id, record.task, error)
+        self.unsubscribe(subscriber, record.task_id)
 
     def _fail_all(self, exc: Exception) -> None:
         """End every subscription with ``exc`` and forget every task."""
@@ -350,6 +352,7 @@ class Scheduler:
         if self._records.get(record.task_id) is record:
             del self._records[record.task_id]
         record.version += 1
+        self._subscriptions -= len(record.subscribers)
         record.subscribers.clear()
         if record.polling is not None and record.unwound is None:
             record.polling.cancel()
@@ -360,9 +363,23 @@ class Scheduler:
         self._push(when, record, record.version)
 
     def _push(self, when: float, item: _Record | _Expiry, version: int) -> None:
+        if len(self._due) > 2 * (len(self._records) + self._subscriptions) + 64:
+            # Mostly stale entries (deadlines of subscribers that left, tasks that ended):
+            # keep the live ones, so the heap stays proportional to what is watched.
+            self._due = [entry for entry in self._due if self._live(*entry[2:])]
+            heapq.heapify(self._due)
         heapq.heappush(self._due, (when, next(self._order), item, version))
         if self._changed is not None:
             self._changed.set()
+
+    def _live(self, item: _Record | _Expiry, version: int) -> bool:
+        """Whether a heap entry still counts: its record not rescheduled or dropped since, its
+        subscriber still subscribed."""
+        if isinstance(item, _Expiry):
+            record = item.record
+            current = self._records.get(record.task_id) is record
+            return current and item.subscriber in record.subscribers
+        return version == item.version
 
     async def _wait_changed(self) -> None:
         assert self._changed is not None  # noqa: S101

@@ -98,7 +98,9 @@ class Watcher:
         self._scheduler = scheduler or Scheduler(tasks, workers=limit)
         self._keep_open = keep_open
         self._seen: dict[str, TaskStatus | str | None] = {}  # each task watched: its last status
-        self._ready: collections.deque[Transition] = collections.deque()
+        # Made at the first transition: most watches of one task hold one or two at a time,
+        # and an empty deque is 760 bytes.
+        self._ready: collections.deque[Transition] | None = None
         self._error: Exception | None = None
         self._unwinding: list[anyio.Event] = []  # polls cancelled for this watch, unwinding
         self._wakeup: anyio.Event | None = None
@@ -211,6 +213,8 @@ class Watcher:
             return  # no change (an unknown status is kept verbatim, "Paused" is "PAUSED")
         else:
             self._seen[task_id] = task.status
+        if self._ready is None:
+            self._ready = collections.deque()
         self._ready.append(Transition(task_id, previous, task, error))
         self._wake()
 
