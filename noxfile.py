@@ -78,6 +78,7 @@ def bench(session: nox.Session) -> None:
     tables go to tests/bench/figures.md, which docs/performance.md includes. ``-- --out FILE``
     writes them elsewhere, ``-- --strict`` exits
     1 on a missed target, ``-- download --reps 15`` runs one with its own options. The fleet
-    benchmark measures ``transport="aiohttp"`` and an aiohttp baseline, hence the extra."""
-    session.install("-e", ".[aiohttp]", "trio", "aiohttp")
+    benchmark measures ``transport="aiohttp"`` and an aiohttp baseline, hence the extra; the web
+    app's serves examples/webapp.py (Starlette) with hypercorn (the emulator extra)."""
+    session.install("-e", ".[aiohttp,emulator]", "trio", "aiohttp", "starlette")
     session.run("python", "-m", "tests.bench", *(session.posargs or FIGURES))

@@ -10,9 +10,10 @@ status follows a deterministic schedule, shared with the clients through the com
 - ``idle``: every task stays ``processing``.
 - ``throughput``: task ``n`` is ``completed`` from its ``--polls-each``-th request on.
 
-It records the instant and the task of every request (two flat arrays), and when a line
-``report <t_end>`` comes on its stdin it prints one JSON line of figures (requests, the busiest
-one-second window, the longest gap between two polls of one task, its own CPU time) and exits.
+It records the instant and the task of every request (two flat arrays). A line ``count`` on
+its stdin prints how many it has answered so far; a line ``report <t_end>`` prints one JSON
+line of figures (requests, the busiest one-second window, the longest gap between two polls of
+one task, its own CPU time) and exits.
 
 ``python -m tests.bench._fleet_server --workload fleet --tasks N --t0 T --seed S`` prints its
 port on the first line of stdout.
@@ -24,6 +25,7 @@ import argparse
 import array
 import asyncio
 import json
+import math
 import random
 import resource
 import socket
@@ -115,7 +117,7 @@ class _State:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         seconds = [0] * (int(max(t_end - self.t0, 0)) + 1)
         for instant in times:
-            second = int(instant - self.t0)
+            second = math.floor(instant - self.t0)
             if 0 <= second < len(seconds):
                 seconds[second] += 1
         return {
@@ -166,7 +168,9 @@ async def serve(args: argparse.Namespace) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
         command, _, value = line.decode().strip().partition(" ")
-        if command == "report":
+        if command == "count":  # the requests answered so far
+            print(len(state.times), flush=True)
+        elif command == "report":
             server.close()
             print(json.dumps(state.report(float(value))), flush=True)
             return

@@ -102,9 +102,8 @@ class Result:
 
     @property
     def polls(self) -> int:
-        """Polls the server counted in the steady state: its seconds 1 to ``seconds``, as its
-        clock starts one second early (its second 0 also counts the second before it)."""
-        return sum(self.server["per_second"][1 : self.seconds + 1])
+        """Polls the server counted in the steady state: its first ``seconds`` seconds."""
+        return sum(self.server["per_second"][: self.seconds])
 
     @property
     def rate(self) -> float:
@@ -221,9 +220,8 @@ def measure(variant: str, backend: str, args: argparse.Namespace) -> Result:
     load = os.getloadavg()[0]
     t0 = time.monotonic() + lead
     server_command = [sys.executable, "-m", "tests.bench._fleet_server", "--workload", "idle"]
-    # The server counts polls per second from its t0: one second early, so that its second 0,
-    # where int() also puts the polls of the second before it, is left out of the window.
-    server_command += ["--tasks", str(served), "--t0", repr(t0 - 1.0)]
+    # The server counts polls in each whole second from t0 on: the window is its first seconds.
+    server_command += ["--tasks", str(served), "--t0", repr(t0)]
     server = subprocess.Popen(  # noqa: S603
         server_command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
