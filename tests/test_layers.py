@@ -60,13 +60,15 @@ def test_a_module_imports_only_from_below(name: str) -> None:
     assert not above, f"{name} (layer {LAYERS[name]}) imports {sorted(above)}"
 
 
-ON_TOP = sorted([*PACKAGE.glob("_cli/*.py"), *PACKAGE.glob("testing/*.py")])
+ON_TOP = sorted(
+    [*PACKAGE.glob("_cli/*.py"), *PACKAGE.glob("testing/*.py"), *PACKAGE.glob("fleet/*.py")]
+)
 
 
 @pytest.mark.parametrize("path", ON_TOP, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_the_cli_and_the_emulator_use_the_public_api(path: Path) -> None:
-    """The command line and the emulator build on the public names (and the defaults and
-    input checks), like any user's code; the library never imports them."""
+def test_the_cli_the_emulator_and_the_fleet_use_the_public_api(path: Path) -> None:
+    """The command line, the emulator and the fleet build on the public names (and the
+    defaults and input checks), like any user's code; the library never imports them."""
     private = {m for m in imported(path) if m in LAYERS and m not in BOTTOM}
     assert not private, f"{path.relative_to(PACKAGE)} reaches into {sorted(private)}"
 
@@ -74,4 +76,4 @@ def test_the_cli_and_the_emulator_use_the_public_api(path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_the_library_never_imports_the_cli_or_the_emulator(name: str) -> None:
     """The command line and the emulator sit on top: nothing below imports them."""
-    assert not imported(PACKAGE / f"{name}.py") & {"_cli", "testing"}
+    assert not imported(PACKAGE / f"{name}.py") & {"_cli", "testing", "fleet"}

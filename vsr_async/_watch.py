@@ -36,6 +36,8 @@ __all__ = ["Transition", "WatchStats", "Watcher"]
 
 #: What a watch keeps of a task it has not seen yet.
 _UNSEEN = None
+#: Not watched at all.
+_ABSENT = object()
 
 
 @attrs.frozen
@@ -181,6 +183,16 @@ class Watcher:
         if task_id not in self._seen:
             self._seen[task_id] = _UNSEEN
             self._scheduler.subscribe(self, task_id, self._pace)
+
+    def discard(self, task_id: str) -> None:
+        """Stop watching one task: nothing more is yielded for it, and a task no other watch
+        wants is polled no more. An ID not being watched is ignored."""
+        if self._seen.pop(task_id, _ABSENT) is _ABSENT:
+            return
+        if (unwound := self._scheduler.unsubscribe(self, task_id)) is not None:
+            self._unwinding.append(unwound)  # awaited on the way out
+        if self._ready:
+            self._ready = collections.deque(t for t in self._ready if t.task_id != task_id)
 
     def done_adding(self) -> None:
         """With ``keep_open=True``: no more tasks will come; end once every task has ended."""

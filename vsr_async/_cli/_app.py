@@ -20,6 +20,8 @@ from ._demo import run_demo
 from ._display import CreatedIds, make_display, use_live_display
 from ._download import make_printer
 from ._exits import EXIT_CODES, STATUS_EXIT_CODES, ConfigError, exits, report_fatal, run
+from ._fleet import COMMANDS as FLEET_COMMANDS
+from ._fleet import open_fleet, redis_options
 from ._ids import check_video_url
 from ._jsonl import ResultsFile, ResultsFileError
 from ._options import (
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from vsr_async import AsyncVSRClient
+    from vsr_async.fleet import RedisFleet
 
     from ._display import Display
 
@@ -121,6 +124,7 @@ def status(
     "holds as unfinished.",
 )
 @batch_options
+@redis_options
 @exits
 def watch(
     *,
@@ -128,12 +132,18 @@ def watch(
     files: tuple[IO[str], ...],
     jsonl: Path | None,
     options: BatchOptions,
+    redis_url: str | None,
+    namespace: str,
 ) -> int:
     """Watch tasks, all at once, until each has completed or failed.
 
     On a terminal: counts per status, a progress bar with ETA, the latest changes, then a
     summary. Elsewhere (a pipe, CI, NO_COLOR, --plain): one line per change.
+
+    With --redis (or VSR_REDIS_URL), the tasks go to a fleet's workers (`vsr-async worker`),
+    which poll them; this command only submits and follows, and sends nothing to the API.
     """
+    fleet = None if redis_url is None else open_fleet(redis_url, namespace, options.api_key)
     resume_only = jsonl is not None and not task_ids and not files
     ids = collect(task_ids, files, check_task_id, what="task IDs", required=not resume_only)
     if resume_only and jsonl is not None and not jsonl.exists():  # leave no empty file behind
@@ -150,7 +160,7 @@ def watch(
         title = f"Watching {len(to_watch)} tasks at {client.base_url}"
         return _watching(to_watch, results, options, title=title)
 
-    return _batch(options, jsonl, plan, resume_hint=_run_again)
+    return _batch(options, jsonl, plan, resume_hint=_run_again, fleet=fleet)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -413,6 +423,7 @@ def _batch(
     plan: Callable[[AsyncVSRClient, ResultsFile | None], _Plan],
     *,
     resume_hint: Callable[[ResultsFile, Tally], None],
+    fleet: RedisFleet | None = None,
 ) -> int:
     """The one skeleton of `watch` and `create`: the client, the results file (open while the
     batch runs), the batch ``plan`` makes, run to its summary; then why the key was refused, or
@@ -434,6 +445,7 @@ def _batch(
             results=results,
             to_download=planned.to_download,
             download_concurrency=options.download_concurrency,
+            fleet=fleet,
         )
         run(options.backend, batch)
         report_fatal(planned.tally.fatal)
@@ -582,3 +594,7 @@ def _log_to_stderr(ctx: click.Context, level: int) -> None:
         logger.setLevel(old_level)
 
     ctx.call_on_close(restore)
+
+
+for _command in FLEET_COMMANDS:  # vsr-async worker, vsr-async fleet (the redis extra)
+    cli.add_command(_command)

@@ -44,7 +44,7 @@ def seconds(*, finite: bool) -> Callable[[click.Context, click.Parameter, float 
     return check
 
 
-def _stack(command: F, *options: Callable[[F], F]) -> F:
+def stack(command: F, *options: Callable[[F], F]) -> F:
     """``command`` under ``options``, as if they were stacked above it in this order."""
     for option in reversed(options):
         command = option(command)
@@ -53,7 +53,7 @@ def _stack(command: F, *options: Callable[[F], F]) -> F:
 
 def api_options(command: F) -> F:
     """``--api-key``, ``--base-url``, ``--rate-limit``, ``--backend`` and ``-v``."""
-    return _stack(
+    return stack(
         command,
         click.option(
             "--api-key",
@@ -83,7 +83,7 @@ def api_options(command: F) -> F:
 
 def pace_options(command: F) -> F:
     """``--interval``, ``--timeout``, ``--concurrency`` and ``--plain``."""
-    return _stack(
+    return stack(
         command,
         click.option(
             "--interval",
@@ -146,7 +146,7 @@ plain_option = click.option(
 
 def download_options(command: F) -> F:
     """``--download DIR`` and ``--download-concurrency``."""
-    return _stack(
+    return stack(
         command,
         click.option(
             "--download",
@@ -193,7 +193,7 @@ def batch_options(command: F) -> F:
         options = BatchOptions(**{name: kwargs.pop(name) for name in names})
         return command(options=options, **kwargs)
 
-    return _stack(wrapper, download_options, pace_options, api_options)  # type: ignore[return-value]
+    return stack(wrapper, download_options, pace_options, api_options)  # type: ignore[return-value]
 
 
 from_file_option = click.option(

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from vsr_async import AsyncVSRClient, Model, Task, Transition, Watcher
+    from vsr_async.fleet import Follower, RedisFleet
 
     from ._display import Display
     from ._download import SavedLines
@@ -118,6 +119,7 @@ async def run_batch(
     after_creates: Callable[[], None] | None = None,
     to_download: Iterable[str] = (),
     download_concurrency: int = 1,
+    fleet: RedisFleet | None = None,
 ) -> None:
     """Create tasks from ``creates`` and watch them and ``ids`` until all end, or a signal.
 
@@ -128,16 +130,21 @@ async def run_batch(
     completes, ``download_concurrency`` at a time, and so are those of ``to_download`` (IDs of
     tasks that completed earlier). A signal stops the batch once every create in flight is
     answered and recorded; a second one gives those up (``tally.abandoned``). The summary is shown
-    last, however the batch ended.
+    last, however the batch ended. With a ``fleet``, ``ids`` are submitted to it and followed
+    there: its workers poll them, this process sends nothing to the API.
     """
     slots = anyio.CapacityLimiter(download_concurrency)
     recorded = {} if results is None else dict(results.statuses)
-    batch = _Batch(client, tally, display, results, pace, slots, recorded=recorded)
+    batch = _Batch(client, tally, display, results, pace, slots, recorded=recorded, fleet=fleet)
 
     async def work(task_group: TaskGroup) -> None:
         batch.stop = task_group.cancel_scope
         task_group.start_soon(display.refresh_forever)
-        async with client, anyio.create_task_group() as downloads:
+        async with (
+            client,
+            contextlib.nullcontext() if fleet is None else fleet,
+            anyio.create_task_group() as downloads,
+        ):
             if tally.saving is not None:
                 batch.downloads = downloads
                 for task_id in to_download:
@@ -212,6 +219,8 @@ class _Batch:
     foreign_not_found: int = 0
     #: The creates in flight: a scope that gives each up, and its video URL.
     in_flight: dict[anyio.CancelScope, str] = attrs.field(factory=dict)
+    #: Where the tasks are watched, instead of by this process (``--redis``).
+    fleet: RedisFleet | None = None
 
     async def watch(
         self,
@@ -220,24 +229,30 @@ class _Batch:
         after_creates: Callable[[], None] | None,
     ) -> None:
         pace = self.pace
-        async with (
-            self.client.watch(
+        source: Watcher | Follower
+        local: Watcher | None = None  # (a fleet's tasks are created elsewhere)
+        if self.fleet is None:
+            source = local = self.client.watch(
                 ids,
                 interval=pace.interval,
                 timeout=pace.timeout,
                 max_concurrency=pace.concurrency,
                 keep_open=bool(creates),
-            ) as watcher,
-            anyio.create_task_group() as creators,
-        ):
+            )
+        else:
+            ids = list(ids)
+            await self.fleet.submit(ids, interval=pace.interval, timeout=pace.timeout)
+            source = self.fleet.follow(ids)
+        async with source as watcher, anyio.create_task_group() as creators:
             self.display.watching(lambda: watcher.stats)
-            if creates:
+            if creates and local is not None:
+                adding = local
 
                 async def create_then_close() -> None:
-                    await self.create_all(creates, watcher)
+                    await self.create_all(creates, adding)
                     if after_creates is not None:
                         after_creates()
-                    watcher.done_adding()
+                    adding.done_adding()
 
                 creators.start_soon(create_then_close)
             try:

@@ -1,0 +1,236 @@
+"""The fleet on a real redis-server: submitting, workers sharing tasks out, followers.
+
+Workers poll the emulator over a real loopback socket; every decision waits on an event (a
+transition read, a count in Redis), never on how many polls fit in a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+from _helpers import KEY, request_driven, serve
+from _redis import RedisServer, redis_server
+
+coredis = pytest.importorskip("coredis")
+
+from vsr_async import TaskFailedError, TaskStatus, Transition  # noqa: E402
+from vsr_async.fleet import RedisFleet  # noqa: E402
+from vsr_async.testing import Timeline  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+pytestmark = pytest.mark.anyio
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from redis_server(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace of its own for each test: one server serves them all."""
+    return f"test{next(_names)}"
+
+
+def fleet_of(redis: RedisServer, namespace: str, **options: object) -> RedisFleet:
+    return RedisFleet(redis.url, namespace, api_key=KEY, **options)  # type: ignore[arg-type]
+
+
+async def test_submitting_twice_adds_each_id_once(redis: RedisServer, namespace: str) -> None:
+    """Two submitters of overlapping IDs, at once: each ID is queued once."""
+    async with fleet_of(redis, namespace) as one, fleet_of(redis, namespace) as two:
+        added: list[int] = []
+
+        async def submit(fleet: RedisFleet, ids: list[str]) -> None:
+            added.append(await fleet.submit(ids))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(submit, one, [f"t{i}" for i in range(600)])
+            group.start_soon(submit, two, [f"t{i}" for i in range(300, 900)])
+        assert sum(added) == 900
+        assert await one.submit(["t0", "t899", "t900"]) == 1
+        assert await one.redis.xlen(one.keys.queue) == 901
+        assert (await one.status()).watched == 901
+
+
+async def test_a_namespace_refuses_another_api_key(redis: RedisServer, namespace: str) -> None:
+    async with fleet_of(redis, namespace) as fleet:
+        await fleet.redis.set(fleet.keys.fingerprint, "someone else's")
+        with pytest.raises(PermissionError, match="another API key"):
+            await fleet.submit(["t1"])
+
+
+async def test_a_worker_polls_what_was_submitted_and_followers_see_it(
+    redis: RedisServer, namespace: str
+) -> None:
+    """One worker, 20 tasks (some failing): a follower sees each task's first sighting, its
+    changes and its end once each, in order; `wait` returns a task that ended before it."""
+    emulator = request_driven()
+    done = [emulator.add_task(Timeline.completed(queued=20, processing=40)) for _ in range(15)]
+    failed = [emulator.add_task(Timeline.failed(queued=20, processing=40)) for _ in range(5)]
+    ids = done + failed
+    async with (
+        serve(emulator) as client,
+        fleet_of(redis, namespace) as fleet,
+        anyio.create_task_group() as group,
+    ):
+        assert await fleet.submit(ids, interval=0.01) == 20
+        group.start_soon(fleet.serve, client)
+        seen: list[Transition] = []
+        with anyio.fail_after(60):
+            async with fleet.follow(ids) as transitions:
+                seen = [t async for t in transitions]
+        assert await fleet.wait(done[0]) == next(
+            t.task for t in reversed(seen) if t.task_id == done[0]
+        )
+        with pytest.raises(TaskFailedError):
+            await fleet.wait(failed[0])
+        group.cancel_scope.cancel()
+    for task_id in ids:
+        mine = [t for t in seen if t.task_id == task_id]
+        assert mine[0].previous is None
+        assert [t.previous for t in mine[1:]] == [t.status for t in mine[:-1]]
+        assert mine[-1].is_final
+        end = TaskStatus.COMPLETED if task_id in done else TaskStatus.FAILED
+        assert mine[-1].status is end
+        assert sum(t.is_final for t in mine) == 1
+
+
+async def until(condition: Callable[[], object], seconds: float = 60.0) -> None:
+    """Wait for ``condition()`` (awaited if it returns an awaitable) to be true, failing after
+    a generous deadline."""
+    with anyio.fail_after(seconds):
+        while True:
+            met = condition()
+            if inspect.isawaitable(met):
+                met = await met
+            if met:
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_three_workers_end_each_task_exactly_once(redis: RedisServer, namespace: str) -> None:
+    """300 tasks through three workers of one client each: every task's end is published
+    once, and the workers shared them out (each took some)."""
+    emulator = request_driven()
+    ids = [emulator.add_task(Timeline.completed(queued=50, processing=100)) for _ in range(300)]
+    async with (
+        serve(emulator) as one,
+        serve(emulator) as two,
+        serve(emulator) as three,
+        fleet_of(redis, namespace) as fleet,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit(ids, interval=0.01)
+        for name, client in (("w1", one), ("w2", two), ("w3", three)):
+            group.start_soon(lambda c=client, n=name: fleet.serve(c, name=n, concurrency=120))
+        with anyio.fail_after(120):
+            async with fleet.follow(ids) as transitions:
+                ends = [t async for t in transitions if t.is_final]
+        events = await fleet.redis.xrange(fleet.keys.events)
+        group.cancel_scope.cancel()
+    assert sorted(t.task_id for t in ends) == sorted(ids)
+    finals = [e for e in events if '"completed"' in e.field_values["data"]]
+    assert sorted(e.field_values["id"] for e in finals) == sorted(ids)  # once each
+    assert all(client.stats.polls for client in (one, two, three))
+
+
+async def test_a_stopped_worker_hands_its_tasks_back_at_once(
+    redis: RedisServer, namespace: str
+) -> None:
+    """A worker cancelled (SIGTERM in the CLI) hands its tasks back to the queue: another
+    takes them at once, long before the lease (an hour here) could run out."""
+    emulator = request_driven()
+    ids = [emulator.add_task(Timeline(((0.0, "queued"),))) for _ in range(10)]
+    async with (
+        serve(emulator) as client,
+        fleet_of(redis, namespace, lease=3600) as fleet,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit(ids, interval=0.05)
+        first = anyio.CancelScope()
+
+        async def serve_until_cancelled() -> None:
+            with first:
+                await fleet.serve(client, name="first")
+
+        group.start_soon(serve_until_cancelled)
+        await until(lambda: _owned_by(fleet, "first", 10))
+        first.cancel()
+        await until(lambda: _owned_by(fleet, "first", 0))
+        group.start_soon(lambda: fleet.serve(client, name="second"))
+        await until(lambda: _owned_by(fleet, "second", 10))
+        assert "first" not in (await fleet.status()).workers
+        group.cancel_scope.cancel()
+
+
+async def _owned_by(fleet: RedisFleet, worker: str, count: int) -> bool:
+    try:
+        pending = await fleet.redis.xpending(
+            fleet.keys.queue, "workers", "-", "+", 1000, consumer=worker
+        )
+    except coredis.exceptions.StreamConsumerGroupError:  # no worker has come yet
+        return False
+    return len(pending) == count  # type: ignore[arg-type]
+
+
+async def test_a_dead_workers_tasks_are_taken_over_after_its_lease(
+    redis: RedisServer, namespace: str
+) -> None:
+    """Tasks owned by a worker that died (taken, never renewed) go to a live worker once their
+    lease has run out, and end."""
+    emulator = request_driven()
+    ids = [emulator.add_task(Timeline.completed(queued=5, processing=5)) for _ in range(5)]
+    async with (
+        serve(emulator) as client,
+        fleet_of(redis, namespace, lease=0.5) as fleet,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit(ids, interval=0.01)
+        with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
+            await fleet.redis.xgroup_create(fleet.keys.queue, "workers", "0")
+        taken = await fleet.redis.xreadgroup("workers", "dead", {fleet.keys.queue: ">"}, count=10)
+        assert taken is not None
+        group.start_soon(lambda: fleet.serve(client, name="alive"))
+        with anyio.fail_after(60):
+            async with fleet.follow(ids) as transitions:
+                ends = [t.task_id async for t in transitions if t.is_final]
+        group.cancel_scope.cancel()
+    assert sorted(ends) == sorted(ids)
+
+
+async def test_a_worker_that_lost_its_lease_publishes_nothing_more(
+    redis: RedisServer, namespace: str
+) -> None:
+    """Fencing: a worker paused past its lease whose tasks another took over publishes
+    nothing for them (the publish script checks ownership), and stops polling them."""
+    emulator = request_driven()
+    task_id = emulator.add_task(Timeline(((0.0, "queued"), (30.0, "processing"))))
+    async with (
+        serve(emulator) as client,
+        fleet_of(redis, namespace) as fleet,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit([task_id], interval=0.01)
+        group.start_soon(lambda: fleet.serve(client, name="stale"))
+        await until(lambda: _owned_by(fleet, "stale", 1))
+        (entry,) = await fleet.redis.xpending(fleet.keys.queue, "workers", "-", "+", 10)  # type: ignore[misc]
+        # Another worker takes it over, as XAUTOCLAIM would once the lease ran out.
+        await fleet.redis.xclaim(fleet.keys.queue, "workers", "other", 0, [entry.identifier])
+        before = await fleet.redis.xlen(fleet.keys.events)
+        # It polls on, sees "processing" and publishes it: the script finds the task is not
+        # its own any more, publishes nothing, and the worker stops polling it.
+        await until(lambda: client.stats.watched == 0)
+        events = await fleet.redis.xrange(fleet.keys.events)
+        group.cancel_scope.cancel()
+    published = [e for e in events[before:] if e.field_values["id"] == task_id]
+    assert published == []

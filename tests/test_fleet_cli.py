@@ -1,0 +1,205 @@
+"""The fleet from the command line, as a user runs it: ``vsr-async worker`` processes polling
+the emulator, ``vsr-async watch --redis`` submitting and following, with a dead base URL.
+
+Workers are real processes, killed (SIGKILL), paused past their lease (SIGSTOP, SIGCONT) and
+stopped (SIGTERM). Every wait is for an event (a count in Redis, a process's exit) under a
+generous deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+from _helpers import KEY
+from _redis import RedisServer, redis_server
+
+coredis = pytest.importorskip("coredis")
+
+from vsr_async.fleet import RedisFleet  # noqa: E402
+from vsr_async.testing import Emulator, EmulatorServer, Timeline  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+pytestmark = pytest.mark.anyio
+
+_names = itertools.count()
+DEAD_URL = "http://127.0.0.1:9/nothing-listens-here"
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from redis_server(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"cli{next(_names)}"
+
+
+def environment(redis: RedisServer, base_url: str) -> dict[str, str]:
+    return os.environ | {
+        "VSR_API_KEY": KEY,
+        "VSR_BASE_URL": base_url,
+        "VSR_REDIS_URL": redis.url,
+        "NO_COLOR": "1",
+    }
+
+
+class Workers:
+    """``vsr-async worker`` processes, stopped (SIGKILL if need be) on the way out."""
+
+    def __init__(self, env: dict[str, str], namespace: str) -> None:
+        self.env = env
+        self.namespace = namespace
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, *options: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "vsr_async", "worker", "--namespace", self.namespace]
+        process = subprocess.Popen(  # noqa: S603
+            [*command, "--interval", "0.05", *options],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+            process.communicate()
+
+
+async def until(condition: Callable[[], object], seconds: float = 60.0) -> None:
+    with anyio.fail_after(seconds):
+        while True:
+            met = condition()
+            if hasattr(met, "__await__"):
+                met = await met  # type: ignore[misc]
+            if met:
+                return
+            await anyio.sleep(0.02)
+
+
+async def owned(fleet: RedisFleet, worker: int | None = None) -> int:
+    """Tasks pending in the group: all of them, or one worker process's (by its PID)."""
+    try:
+        consumers = await fleet.redis.xinfo_consumers(fleet.keys.queue, "workers")
+    except coredis.exceptions.StreamConsumerGroupError:  # no worker has come yet
+        return 0
+    return sum(
+        int(c["pending"] or 0)  # type: ignore[call-overload]
+        for c in consumers
+        if worker is None or str(c["name"]).endswith(f"-{worker}")
+    )
+
+
+async def finals(fleet: RedisFleet) -> list[str]:
+    """The task IDs of every final transition published, in order."""
+    events = await fleet.redis.xrange(fleet.keys.events)
+    return [
+        str(e.field_values["id"])
+        for e in events
+        if '"status":"completed"' in e.field_values["data"]
+        or '"status":"failed"' in e.field_values["data"]
+    ]
+
+
+async def test_watch_through_two_workers_with_a_dead_base_url(
+    redis: RedisServer, namespace: str, anyio_backend: str
+) -> None:
+    """`vsr-async watch --redis` sends nothing to the API (its base URL is dead): two workers
+    poll, the watch prints every end and exits 0; SIGTERM stops each worker with 0, every
+    task handed back (none left owned)."""
+    emulator = Emulator()
+    ids = [emulator.add_task(Timeline.completed(queued=0.2, processing=0.4)) for _ in range(20)]
+    async with EmulatorServer(emulator) as server:
+        env = environment(redis, server.base_url)
+        workers = Workers(env, namespace)
+        try:
+            for _ in range(2):
+                workers.start("--backend", anyio_backend)
+            command = [sys.executable, "-m", "vsr_async", "watch", "--namespace", namespace]
+            command += ["--plain", "--base-url", DEAD_URL, "--interval", "0.05", *ids]
+            with anyio.fail_after(120):
+                done = await anyio.run_process(command, env=env, check=False)
+            assert done.returncode == 0, done.stderr.decode()
+            assert done.stdout.decode().count("completed") >= 20
+            for process in workers.processes:
+                process.send_signal(signal.SIGTERM)
+            for process in workers.processes:
+                _, err = process.communicate(timeout=60)
+                assert process.returncode == 0, err
+                assert "Stopped by SIGTERM" in err
+        finally:
+            workers.close()
+    async with RedisFleet(redis.url, namespace) as fleet:
+        assert await owned(fleet) == 0
+        assert (await fleet.status()).workers == {}
+        assert sorted(await finals(fleet)) == sorted(ids)
+
+
+async def test_a_killed_workers_tasks_end_once_through_another(
+    redis: RedisServer, namespace: str
+) -> None:
+    """A worker SIGKILLed while it owns every task: another takes them over once their
+    lease (1 s) has run out, and each task ends exactly once."""
+    emulator = Emulator()
+    ids = [emulator.add_task(Timeline.completed(queued=2, processing=2)) for _ in range(30)]
+    async with EmulatorServer(emulator) as server, RedisFleet(redis.url, namespace) as fleet:
+        workers = Workers(environment(redis, server.base_url), namespace)
+        try:
+            first = workers.start("--lease", "1")
+            await fleet.submit(ids, interval=0.05)
+            await until(lambda: _equals(owned(fleet, first.pid), 30))
+            first.kill()
+            workers.start("--lease", "1")
+            with anyio.fail_after(60):
+                async with fleet.follow(ids) as transitions:
+                    ended = [t.task_id async for t in transitions if t.is_final]
+            assert sorted(ended) == sorted(ids)
+            assert sorted(await finals(fleet)) == sorted(ids)  # once each
+        finally:
+            workers.close()
+
+
+async def test_a_worker_paused_past_its_lease_publishes_nothing_twice(
+    redis: RedisServer, namespace: str
+) -> None:
+    """A worker SIGSTOPped past its lease while another takes its tasks over, then SIGCONTed:
+    its publishes are fenced, so each task ends exactly once, and a follower sees each change
+    once."""
+    emulator = Emulator()
+    ids = [emulator.add_task(Timeline.completed(queued=1, processing=3)) for _ in range(20)]
+    async with EmulatorServer(emulator) as server, RedisFleet(redis.url, namespace) as fleet:
+        workers = Workers(environment(redis, server.base_url), namespace)
+        try:
+            paused = workers.start("--lease", "1")
+            await fleet.submit(ids, interval=0.05)
+            await until(lambda: _equals(owned(fleet, paused.pid), 20))
+            paused.send_signal(signal.SIGSTOP)
+            other = workers.start("--lease", "1")
+            await until(lambda: _equals(owned(fleet, other.pid), 20))
+            paused.send_signal(signal.SIGCONT)
+            with anyio.fail_after(60):
+                async with fleet.follow(ids) as transitions:
+                    seen = [(t.task_id, t.status) async for t in transitions]
+            assert len(seen) == len(set(seen))
+            assert sorted(await finals(fleet)) == sorted(ids)
+        finally:
+            workers.close()
+
+
+async def _equals(count: object, expected: int) -> bool:
+    return await count == expected  # type: ignore[misc]

@@ -1,0 +1,231 @@
+"""A fleet's worker: the client's watch, fed from the namespace's queue, publishing to Redis.
+
+It joins the consumer group, takes entries while it has room (first those whose owner let its
+lease run out, then new ones), and adds their tasks to a watch of the client (one per
+interval and timeout the submitters asked for): the same schedule and per-task rules as any
+watch. Transitions go to Redis in batches, through a script that checks the worker still owns
+each task (a worker paused past its lease publishes nothing); leases are renewed in batches
+too. Cancelled (SIGTERM in the CLI), it publishes what it has and hands every task back at
+once, for another worker to take without waiting for the lease to run out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import coredis
+
+from vsr_async._validate import check_count, check_seconds
+
+from . import _codec
+from ._keys import GROUP, HAND_BACK, PUBLISH, RENEW
+
+if TYPE_CHECKING:
+    from vsr_async import AsyncVSRClient, Transition, Watcher
+
+    from ._fleet import RedisFleet
+
+logger = logging.getLogger("vsr_async.fleet")
+
+#: Seconds between two publishes of what the watches yielded (at most: a full batch goes at once).
+_FLUSH_EVERY = 0.1
+#: Transitions (or leases) per script call: a script blocks Redis while it runs.
+_BATCH = 500
+
+
+class Worker:
+    """Takes tasks from a fleet's queue and polls them with ``client`` until cancelled.
+
+    Args:
+        fleet: The fleet (entered).
+        client: The client that polls (entered: its scheduler is shared by the watches).
+        concurrency: The most tasks it owns at once.
+        name: Its consumer name in the group (host and process ID by default).
+        interval: Seconds between two polls of a task whose submitter did not say.
+    """
+
+    def __init__(
+        self,
+        fleet: RedisFleet,
+        client: AsyncVSRClient,
+        *,
+        concurrency: int,
+        name: str | None = None,
+        interval: float | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.client = client
+        self.concurrency = check_count("concurrency", concurrency, minimum=1)
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.interval = 5.0 if interval is None else check_seconds("interval", interval)
+        self._owned: dict[str, str] = {}  # task ID -> its queue entry
+        self._watches: dict[tuple[float, float | None], Watcher] = {}
+        self._outbox: list[Transition] = []
+        self._room = anyio.Event()
+        self._stack = contextlib.AsyncExitStack()
+        self._cursor = "0-0"  # where XAUTOCLAIM goes on
+
+    async def run(self) -> None:
+        keys = self.fleet.keys
+        redis = self.fleet.redis
+        with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
+            await redis.xgroup_create(keys.queue, GROUP, "0", mkstream=True)
+        await self._claim_key()
+        try:
+            async with self._stack, anyio.create_task_group() as group:
+                self._group = group
+                group.start_soon(self._take)
+                group.start_soon(self._flush)
+                group.start_soon(self._renew)
+        finally:
+            # Cancelled (a signal, a stop): publish what the watches yielded and hand every
+            # task back, while the Redis connection is open (cancel the serve call, not the
+            # block holding the fleet). What fails here returns with the lease instead.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.fleet.lease / 2):
+                try:
+                    await self._publish()
+                    await self._hand_back()
+                except (coredis.exceptions.RedisError, anyio.ClosedResourceError) as exc:
+                    logger.warning(
+                        "could not hand %d task(s) back (%s): they return to the queue when"
+                        " their lease runs out",
+                        len(self._owned),
+                        exc,
+                    )
+
+    async def _claim_key(self) -> None:
+        """Store the API key's fingerprint, or refuse a namespace that serves another key."""
+        mine = self.fleet.fingerprint
+        if not mine:
+            raise ValueError(
+                "a worker needs its API key's fingerprint: pass RedisFleet(api_key=...) or set"
+                " VSR_API_KEY"
+            )
+        redis = self.fleet.redis
+        await redis.set(self.fleet.keys.fingerprint, mine, condition=coredis.PureToken.NX)
+        if await redis.get(self.fleet.keys.fingerprint) != mine:
+            raise PermissionError(
+                f"namespace {self.fleet.namespace!r} is served by workers with another API key"
+            )
+
+    # Taking tasks.
+
+    async def _take(self) -> None:
+        redis, keys = self.fleet.redis, self.fleet.keys
+        lease_ms = int(self.fleet.lease * 1000)
+        while True:
+            room = self.concurrency - len(self._owned)
+            if room <= 0:
+                self._room = anyio.Event()
+                await self._room.wait()
+                continue
+            cursor, entries, _ = await redis.xautoclaim(
+                keys.queue, GROUP, self.name, lease_ms, self._cursor, count=room
+            )
+            self._cursor = cursor
+            if not entries:
+                answer = await redis.xreadgroup(
+                    GROUP, self.name, {keys.queue: ">"}, count=room, block=1000
+                )
+                entries = (answer or {}).get(keys.queue, ())
+            if entries:
+                await self._add([(e.identifier, e.field_values["id"]) for e in entries])
+
+    async def _add(self, entries: list[tuple[str, str]]) -> None:
+        redis, keys = self.fleet.redis, self.fleet.keys
+        settings = await redis.hmget(keys.ids, [task_id for _, task_id in entries])
+        gone = []
+        for (entry, task_id), raw in zip(entries, settings, strict=True):
+            if raw is None:  # ended since (or forgotten): the entry is stale
+                gone.append(entry)
+                continue
+            if task_id in self._owned:
+                continue
+            self._owned[task_id] = entry
+            fields: dict[str, Any] = json.loads(raw)
+            watch = await self._watch(
+                fields.get("interval") or self.interval, fields.get("timeout")
+            )
+            watch.add(task_id)
+        if gone:
+            await redis.xack(keys.queue, GROUP, gone)
+            await redis.xdel(keys.queue, gone)
+
+    async def _watch(self, interval: float, timeout: float | None) -> Watcher:  # noqa: ASYNC109
+        key = (interval, timeout)
+        if (watch := self._watches.get(key)) is None:
+            watch = self.client.watch(interval=interval, timeout=timeout, keep_open=True)
+            self._watches[key] = await self._stack.enter_async_context(watch)
+            self._group.start_soon(self._drain, watch)
+        return watch
+
+    async def _drain(self, watch: Watcher) -> None:
+        async for transition in watch:
+            self._outbox.append(transition)
+
+    # Publishing and renewing.
+
+    async def _flush(self) -> None:
+        while True:
+            await anyio.sleep(_FLUSH_EVERY)
+            await self._publish()
+
+    async def _publish(self) -> None:
+        redis, keys = self.fleet.redis, self.fleet.keys
+        script = redis.register_script(PUBLISH)
+        while self._outbox:
+            batch, self._outbox = self._outbox[:_BATCH], self._outbox[_BATCH:]
+            args: list[Any] = [self.name, self.fleet.events, self.fleet.keep]
+            for transition in batch:
+                entry = self._owned.get(transition.task_id)
+                if entry is None:
+                    continue  # lost since
+                final = "1" if transition.is_final else "0"
+                args += [transition.task_id, entry, final, _codec.dumps(transition)]
+            queue_keys = [keys.queue, keys.ids, keys.state, keys.ended, keys.events]
+            self._forget(cast("list[str]", await script(keys=queue_keys, args=args)))
+            for transition in batch:
+                if transition.is_final and self._owned.pop(transition.task_id, None) is not None:
+                    self._room.set()
+
+    async def _renew(self) -> None:
+        redis, keys = self.fleet.redis, self.fleet.keys
+        script = redis.register_script(RENEW)
+        keys_ = [keys.queue, keys.workers]
+        while True:
+            await anyio.sleep(self.fleet.lease / 3)
+            owned = list(self._owned.items())
+            beat = json.dumps({"owned": len(owned), "at": time.time(), "pid": os.getpid()})
+            for start in range(0, max(len(owned), 1), _BATCH):
+                args: list[Any] = [self.name, beat]
+                for task_id, entry in owned[start : start + _BATCH]:
+                    args += [task_id, entry]
+                self._forget(cast("list[str]", await script(keys=keys_, args=args)))
+
+    def _forget(self, lost: list[str]) -> None:
+        """Tasks another worker owns now: stop polling them here."""
+        if not lost:
+            return
+        logger.warning(
+            "lost %d task(s) to other workers (this one paused past its lease?)", len(lost)
+        )
+        for task_id in lost:
+            if self._owned.pop(task_id, None) is not None:
+                for watch in self._watches.values():
+                    watch.discard(task_id)
+        self._room.set()
+
+    async def _hand_back(self) -> None:
+        redis, keys = self.fleet.redis, self.fleet.keys
+        script = redis.register_script(HAND_BACK)
+        keys_ = [keys.queue, keys.ids, keys.workers]
+        while cast("int", await script(keys=keys_, args=[self.name, _BATCH])):
+            pass  # (in batches: a script blocks Redis while it runs)
+        self._owned.clear()
