@@ -25,6 +25,7 @@ from vsr_async import (
 from vsr_async._validate import check_seconds, check_task_id
 
 from . import _codec
+from ._faults import UNREACHABLE, Outage
 from ._keys import GROUP, SUBMIT, Keys
 
 if TYPE_CHECKING:
@@ -268,6 +269,7 @@ class Follower:
         self._seen: dict[str, Any] = dict.fromkeys(check_task_id(t) for t in task_ids)
         self._ready: collections.deque[Transition] = collections.deque()
         self._position = "0-0"  # the last event read
+        self._outage = Outage("following")
         self._started = False
 
     async def __aenter__(self) -> Follower:
@@ -309,12 +311,8 @@ class Follower:
         if last:
             self._position = str(last[0].identifier)
         ids = list(self._seen)
-        states: list[str | None] = []
-        watched: list[str | None] = []
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-            states += await redis.hmget(keys.state, chunk)
-            watched += await redis.hmget(keys.ids, chunk)
+        states = await self._hmget(keys.state, ids)
+        watched = await self._hmget(keys.ids, ids)
         unknown = [
             i for i, s, w in zip(ids, states, watched, strict=True) if s is None and w is None
         ]
@@ -328,9 +326,25 @@ class Follower:
             if data is not None:
                 self._observe(task_id, data)
 
+    async def _hmget(self, key: str, ids: list[str]) -> list[str | None]:
+        values: list[str | None] = []
+        for start in range(0, len(ids), 1000):
+            values += await self._fleet.redis.hmget(key, ids[start : start + 1000])
+        return values
+
     async def _read(self) -> None:
         redis, keys = self._fleet.redis, self._fleet.keys
-        answer = await redis.xread({keys.events: self._position}, count=1000, block=_BLOCK_MS)
+        try:
+            if self._outage.failures:  # back: what the events missed (trimmed, lost) is in
+                ids = list(self._seen)  # the state hash
+                for task_id, data in zip(ids, await self._hmget(keys.state, ids), strict=True):
+                    if data is not None:
+                        self._observe(task_id, data)
+            answer = await redis.xread({keys.events: self._position}, count=1000, block=_BLOCK_MS)
+        except UNREACHABLE as exc:
+            await self._outage.failed(exc)
+            return
+        self._outage.recovered()
         for entry in (answer or {}).get(keys.events, ()):
             self._position = str(entry.identifier)
             fields = entry.field_values

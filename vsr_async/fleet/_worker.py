@@ -25,6 +25,7 @@ import coredis
 from vsr_async._validate import check_count, check_seconds
 
 from . import _codec
+from ._faults import UNREACHABLE, Outage
 from ._keys import GROUP, HAND_BACK, PUBLISH, RENEW
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ class Worker:
                 try:
                     await self._publish()
                     await self._hand_back()
-                except (coredis.exceptions.RedisError, anyio.ClosedResourceError) as exc:
+                except (coredis.exceptions.RedisError, *UNREACHABLE) as exc:
                     logger.warning(
                         "could not hand %d task(s) back (%s): they return to the queue when"
                         " their lease runs out",
@@ -118,25 +119,36 @@ class Worker:
     # Taking tasks.
 
     async def _take(self) -> None:
-        redis, keys = self.fleet.redis, self.fleet.keys
-        lease_ms = int(self.fleet.lease * 1000)
+        outage = Outage("taking tasks")
         while True:
             room = self.concurrency - len(self._owned)
             if room <= 0:
                 self._room = anyio.Event()
                 await self._room.wait()
                 continue
-            cursor, entries, _ = await redis.xautoclaim(
-                keys.queue, GROUP, self.name, lease_ms, self._cursor, count=room
+            try:
+                await self._take_some(room)
+            except UNREACHABLE as exc:
+                await outage.failed(exc)
+            else:
+                outage.recovered()
+
+    async def _take_some(self, room: int) -> None:
+        """Up to ``room`` tasks: first those whose lease ran out, else new ones (waiting up
+        to a second for some)."""
+        redis, keys = self.fleet.redis, self.fleet.keys
+        lease_ms = int(self.fleet.lease * 1000)
+        cursor, entries, _ = await redis.xautoclaim(
+            keys.queue, GROUP, self.name, lease_ms, self._cursor, count=room
+        )
+        self._cursor = cursor
+        if not entries:
+            answer = await redis.xreadgroup(
+                GROUP, self.name, {keys.queue: ">"}, count=room, block=1000
             )
-            self._cursor = cursor
-            if not entries:
-                answer = await redis.xreadgroup(
-                    GROUP, self.name, {keys.queue: ">"}, count=room, block=1000
-                )
-                entries = (answer or {}).get(keys.queue, ())
-            if entries:
-                await self._add([(e.identifier, e.field_values["id"]) for e in entries])
+            entries = (answer or {}).get(keys.queue, ())
+        if entries:
+            await self._add([(e.identifier, e.field_values["id"]) for e in entries])
 
     async def _add(self, entries: list[tuple[str, str]]) -> None:
         redis, keys = self.fleet.redis, self.fleet.keys
@@ -173,9 +185,15 @@ class Worker:
     # Publishing and renewing.
 
     async def _flush(self) -> None:
+        outage = Outage("publishing transitions")
         while True:
             await anyio.sleep(_FLUSH_EVERY)
-            await self._publish()
+            try:
+                await self._publish()
+            except UNREACHABLE as exc:
+                await outage.failed(exc)
+            else:
+                outage.recovered()
 
     async def _publish(self) -> None:
         redis, keys = self.fleet.redis, self.fleet.keys
@@ -190,24 +208,38 @@ class Worker:
                 final = "1" if transition.is_final else "0"
                 args += [transition.task_id, entry, final, _codec.dumps(transition)]
             queue_keys = [keys.queue, keys.ids, keys.state, keys.ended, keys.events]
-            self._forget(cast("list[str]", await script(keys=queue_keys, args=args)))
+            try:
+                lost = cast("list[str]", await script(keys=queue_keys, args=args))
+            except BaseException:
+                self._outbox[:0] = batch  # kept for the next attempt
+                raise
+            self._forget(lost)
             for transition in batch:
                 if transition.is_final and self._owned.pop(transition.task_id, None) is not None:
                     self._room.set()
 
     async def _renew(self) -> None:
+        outage = Outage("renewing leases")
+        while True:
+            await anyio.sleep(self.fleet.lease / 3)
+            try:
+                await self._renew_all()
+            except UNREACHABLE as exc:
+                await outage.failed(exc)
+            else:
+                outage.recovered()
+
+    async def _renew_all(self) -> None:
         redis, keys = self.fleet.redis, self.fleet.keys
         script = redis.register_script(RENEW)
         keys_ = [keys.queue, keys.workers]
-        while True:
-            await anyio.sleep(self.fleet.lease / 3)
-            owned = list(self._owned.items())
-            beat = json.dumps({"owned": len(owned), "at": time.time(), "pid": os.getpid()})
-            for start in range(0, max(len(owned), 1), _BATCH):
-                args: list[Any] = [self.name, beat]
-                for task_id, entry in owned[start : start + _BATCH]:
-                    args += [task_id, entry]
-                self._forget(cast("list[str]", await script(keys=keys_, args=args)))
+        owned = list(self._owned.items())
+        beat = json.dumps({"owned": len(owned), "at": time.time(), "pid": os.getpid()})
+        for start in range(0, max(len(owned), 1), _BATCH):
+            args: list[Any] = [self.name, beat]
+            for task_id, entry in owned[start : start + _BATCH]:
+                args += [task_id, entry]
+            self._forget(cast("list[str]", await script(keys=keys_, args=args)))
 
     def _forget(self, lost: list[str]) -> None:
         """Tasks another worker owns now: stop polling them here."""
