@@ -21,7 +21,7 @@ coredis = pytest.importorskip("coredis")
 
 from vsr_async import TaskFailedError, TaskStatus, Transition  # noqa: E402
 from vsr_async.fleet import RedisFleet  # noqa: E402
-from vsr_async.testing import Timeline  # noqa: E402
+from vsr_async.testing import Emulator, Faults, Timeline  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -281,3 +281,69 @@ async def test_a_redis_restart_loses_nothing(
     assert "Redis unreachable" in caplog.text
     assert "Redis reachable again" in caplog.text
     gc.collect()  # (coredis's unclosed streams, in cycles: while the warning is ignored)
+
+
+FOREVER = Timeline(((0.0, "processing"),))
+
+
+async def test_three_workers_hold_one_rate_limit_together(
+    redis: RedisServer, namespace: str
+) -> None:
+    """`rate_limit=20` for the namespace: three workers that each want far more send about
+    20 requests a second together, not 60 (each gets its share by demand)."""
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(90)]
+    async with (
+        serve(emulator) as one,
+        serve(emulator) as two,
+        serve(emulator) as three,
+        fleet_of(redis, namespace) as fleet,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit(ids, interval=0.05)
+        for index, client in enumerate((one, two, three)):
+            group.start_soon(
+                lambda c=client, i=index: fleet.serve(
+                    c, name=f"w{i}", concurrency=30, rate_limit=20
+                )
+            )
+        await until(lambda: all(c.stats.polls >= 10 for c in (one, two, three)))
+        start = len(emulator.requests)
+        await until(lambda: len(emulator.requests) >= start + 100)
+        window = emulator.requests[start:]
+        group.cancel_scope.cancel()
+    seconds = window[-1].time - window[0].time
+    # 100 requests at 20/s take 5 s; the bucket's bursts and a share's lag allow a little more.
+    assert len(window) / seconds <= 20 * 1.25, f"{len(window)} requests in {seconds:.2f} s"
+
+
+async def test_a_429_met_by_one_worker_slows_every_worker(
+    redis: RedisServer, namespace: str
+) -> None:
+    """One worker's API answers 429s: the namespace's rate is cut, and so is the share of
+    the other worker, whose API never refused anything."""
+    refusing = Emulator(faults=Faults(rate_limit_rate=1.0, retry_after=None))
+    fine = Emulator()
+    ids = [fine.add_task(FOREVER) for _ in range(20)]
+    for task_id in ids:
+        refusing.add_task(FOREVER, task_id=task_id)
+    async with (
+        serve(refusing) as slowed,
+        serve(fine) as other,
+        fleet_of(redis, namespace) as fleet,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit(ids, interval=0.05)
+        group.start_soon(lambda: fleet.serve(slowed, name="a", concurrency=10, rate_limit=100))
+        group.start_soon(lambda: fleet.serve(other, name="b", concurrency=10, rate_limit=100))
+        await until(lambda: slowed.stats.rate_limited > 0)
+        await until(lambda: _rate(fleet), seconds=60)  # cut by half, at least
+        rate = float(await fleet.redis.hget(fleet.keys.rate, "rate") or 0)
+        await until(lambda: other.rate_limit is not None and other.rate_limit <= rate * 1.01)
+        group.cancel_scope.cancel()
+    assert other.stats.rate_limited == 0
+
+
+async def _rate(fleet: RedisFleet) -> bool:
+    rate = await fleet.redis.hget(fleet.keys.rate, "rate")
+    return rate is not None and float(rate) <= 50

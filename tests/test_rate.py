@@ -610,3 +610,35 @@ async def test_no_budget_sends_at_once() -> None:
                     task_group.start_soon(client.get_task, task_id)
     assert gate.most == 10
     assert len(emulator.requests) == 20
+
+
+def test_the_limit_can_change_while_the_client_runs() -> None:
+    """A worker sets its share of a fleet's budget every second: the new limit holds at once
+    (the rate allowed now becomes it), from none to some, and back to none."""
+    now = [0.0]
+    budget = RateBudget(None, clock=lambda: now[0])
+    assert budget.try_acquire() == 0.0
+    budget.set_limit(10.0)
+    assert budget.current == 10.0
+    while budget.try_acquire() == 0.0:  # the bucket: at most its size at once
+        pass
+    assert budget.try_acquire() == pytest.approx(0.1)
+    now[0] += 1.0
+    budget.set_limit(2.0)  # smaller: the tokens earned are cut to the new bucket
+    taken = 0
+    while budget.try_acquire() == 0.0:
+        taken += 1
+    assert taken == 1
+    budget.set_limit(None)
+    assert budget.try_acquire() == 0.0
+    assert budget.current is None
+
+
+def test_a_clients_rate_limit_is_settable() -> None:
+    client = AsyncVSRClient(KEY)
+    client.rate_limit = 5
+    assert (client.rate_limit, client.current_rate) == (5, 5)
+    with pytest.raises(ValueError, match="rate_limit"):
+        client.rate_limit = 0
+    client.rate_limit = None
+    assert client.current_rate is None

@@ -102,7 +102,7 @@ class AsyncVSRClient:
         self.base_url = check_base_url(base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
         self.max_retries = check_count("max_retries", max_retries, minimum=0)
         self.max_connections = check_count("max_connections", max_connections, minimum=1)
-        self.rate_limit = None if rate_limit is None else check_rate("rate_limit", rate_limit)
+        rate_limit = None if rate_limit is None else check_rate("rate_limit", rate_limit)
         if transport not in ("httpx", "aiohttp"):
             raise ValueError(f"transport must be 'httpx' or 'aiohttp', not {transport!r}")
         if transport == "aiohttp" and http_client is not None:
@@ -116,11 +116,24 @@ class AsyncVSRClient:
             max_connections=self.max_connections,
             http_client=http_client,
             transport=transport,
-            rate_limit=self.rate_limit,
+            rate_limit=rate_limit,
         )
         self._tasks = Tasks(self._session)
         self._scheduler = Scheduler(self._tasks, workers=self.max_connections)
         self._polling: TaskGroup | None = None  # runs the scheduler while the client is open
+
+    @property
+    def rate_limit(self) -> float | None:
+        """Requests per second, shared by everything the client sends; ``None`` for no limit.
+
+        Settable while the client runs: the rate allowed now becomes the new limit (a fleet
+        worker sets its share of the namespace's budget this way, every second).
+        """
+        return self._session.budget.limit
+
+    @rate_limit.setter
+    def rate_limit(self, value: float | None) -> None:
+        self._session.budget.set_limit(None if value is None else check_rate("rate_limit", value))
 
     @property
     def current_rate(self) -> float | None:

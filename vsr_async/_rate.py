@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 #: Tokens short of one that still count as one: float rounding, not a real shortfall.
 _ROUNDING = 1e-9
+#: The longest a waiter sleeps before it looks again: a new limit holds within this long.
+_RECHECK = 0.5
 
 
 class RateBudget:
@@ -72,6 +74,15 @@ class RateBudget:
         """The rate allowed now, requests per second (``None`` without a budget)."""
         return None if self.limit is None else self._rate
 
+    def set_limit(self, limit: float | None) -> None:
+        """A new budget (``None``: none): the rate allowed now becomes it, tokens earned so far
+        at the old rate are kept up to the new bucket's size."""
+        if self._updated is not None:  # (not before the event loop runs: nothing earned yet)
+            self._refill()
+        self.limit = None if limit is None else check_rate("rate_limit", limit)
+        self._rate = math.inf if self.limit is None else self.limit
+        self._tokens = min(self._tokens, self._capacity())
+
     def paused_for(self) -> float:
         """Seconds until the server's pause ends (0 when there is none)."""
         return max(0.0, self._not_before - self._refill())
@@ -82,7 +93,7 @@ class RateBudget:
             return now  # nothing to wait for: no queue either
         async with self._lock:
             while (wait := self.try_acquire()) > 0:  # noqa: ASYNC110 (the wait is known)
-                await anyio.sleep(wait)
+                await anyio.sleep(min(wait, _RECHECK))  # (set_limit may shorten it)
             assert self._updated is not None  # noqa: S101 (set by try_acquire)
             return self._updated
 

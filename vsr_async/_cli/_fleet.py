@@ -13,10 +13,10 @@ from vsr_async._config import DEFAULT_INTERVAL, DEFAULT_MAX_CONNECTIONS
 
 from ._exits import ConfigError, exits, run
 from ._options import (
-    api_options,
     backend_option,
     make_client,
     seconds,
+    server_options,
     stack,
     verbose_option,
 )
@@ -109,7 +109,17 @@ def open_fleet(
     show_default=True,
     help="Requests in flight at once.",
 )
-@api_options
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="N",
+    default=None,
+    help="At most N requests per second from all the namespace's workers together (fewer "
+    "after a 429 met by any of them). Default: no limit.",
+)
+@server_options
+@backend_option
+@verbose_option
 @exits
 def worker(
     *,
@@ -129,13 +139,15 @@ def worker(
     Tasks come from `vsr-async watch --redis` (or `RedisFleet.submit`); each is owned by one
     worker at a time, and a worker that dies loses its tasks to the others within its lease.
     """
-    client = make_client(api_key, base_url, connections, rate_limit=rate_limit)
+    client = make_client(api_key, base_url, connections)
     fleet = open_fleet(redis_url, namespace, api_key, lease=lease)
 
     async def serve() -> None:
         async def work(_: TaskGroup) -> None:
             click.echo(f"Worker serving namespace {namespace!r} on {fleet.url}", err=True)
-            await fleet.serve(client, concurrency=concurrency, interval=interval)
+            await fleet.serve(
+                client, concurrency=concurrency, interval=interval, rate_limit=rate_limit
+            )
 
         # Open outside what a signal cancels: the hand-back needs the Redis connection.
         async with client, fleet:

@@ -51,8 +51,8 @@ def stack(command: F, *options: Callable[[F], F]) -> F:
     return command
 
 
-def api_options(command: F) -> F:
-    """``--api-key``, ``--base-url``, ``--rate-limit``, ``--backend`` and ``-v``."""
+def server_options(command: F) -> F:
+    """``--api-key`` and ``--base-url``."""
     return stack(
         command,
         click.option(
@@ -68,6 +68,14 @@ def api_options(command: F) -> F:
             metavar="URL",
             help=f"The API's root URL. Default: ${BASE_URL_ENV}, else the provider's.",
         ),
+    )
+
+
+def api_options(command: F) -> F:
+    """``--api-key``, ``--base-url``, ``--rate-limit``, ``--backend`` and ``-v``."""
+    return stack(
+        command,
+        server_options,
         click.option(
             "--rate-limit",
             type=click.FloatRange(min=0, min_open=True),

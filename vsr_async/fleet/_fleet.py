@@ -249,6 +249,7 @@ class RedisFleet:
         concurrency: int = 10_000,
         name: str | None = None,
         interval: float | None = None,
+        rate_limit: float | None = None,
     ) -> None:
         """Work for the fleet until cancelled: take tasks, poll them, publish what they do.
 
@@ -256,7 +257,15 @@ class RedisFleet:
         """
         from ._worker import Worker  # noqa: PLC0415 (the worker imports this module)
 
-        await Worker(self, client, concurrency=concurrency, name=name, interval=interval).run()
+        worker = Worker(
+            self,
+            client,
+            concurrency=concurrency,
+            name=name,
+            interval=interval,
+            rate_limit=rate_limit,
+        )
+        await worker.run()
 
 
 class Follower:

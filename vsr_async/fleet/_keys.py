@@ -15,6 +15,9 @@ scripts run on Redis Cluster too. The keys (``{ns}`` stands for the tagged names
   length (``MAXLEN ~``): what followers read, from where they left off.
 - ``{ns}:workers``: a hash, worker name to its last heartbeat (JSON).
 - ``{ns}:key``: the fingerprint of the API key the namespace's workers use (never the key).
+- ``{ns}:rate``: the namespace's rate budget: the rate allowed now (AIMD), when it was last
+  cut and last updated; ``{ns}:demand``: each worker's demand (polls/s it wants) and when it
+  said so.
 """
 
 from __future__ import annotations
@@ -61,6 +64,14 @@ class Keys:
     @property
     def fingerprint(self) -> str:
         return self._key("key")
+
+    @property
+    def rate(self) -> str:
+        return self._key("rate")
+
+    @property
+    def demand(self) -> str:
+        return self._key("demand")
 
 
 #: KEYS: ids, queue, state, key. ARGV: fingerprint (or ""), settings JSON, task IDs...
@@ -167,4 +178,42 @@ if #pending == 0 then
   redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'workers', ARGV[1])
 end
 return #pending
+"""
+
+#: KEYS: rate, demand. ARGV: worker, limit, its demand (requests/s), its 429s since it last
+#: asked, decrease, floor, recovery (the client's AIMD constants), seconds a grant lasts.
+#: The namespace's AIMD rate (a 429 anywhere cuts it, once a second at most; it climbs back by
+#: ``recovery * limit`` a second), shared by demand: a worker's share is its part of the rate,
+#: but never more than what the others' grants leave (they hold theirs until they ask again),
+#: so the grants never add up to more than the rate. Returns the share, and the rate.
+RATE = """
+local t = redis.call('TIME')
+local now = t[1] + t[2] / 1000000
+local limit = tonumber(ARGV[2])
+local demand = math.max(tonumber(ARGV[3]), 0.001)
+local state = redis.call('HMGET', KEYS[1], 'rate', 'cut_at', 'updated')
+local rate = math.min(tonumber(state[1]) or limit, limit)
+local cut_at = tonumber(state[2]) or 0
+local updated = tonumber(state[3]) or now
+if tonumber(ARGV[4]) > 0 and now - cut_at >= 1 then
+  rate = math.max(rate * tonumber(ARGV[5]), limit * tonumber(ARGV[6]))
+  cut_at = now
+else
+  rate = math.min(limit, rate + tonumber(ARGV[7]) * limit * math.max(now - updated, 0))
+end
+redis.call('HSET', KEYS[1], 'rate', rate, 'cut_at', cut_at, 'updated', now, 'limit', limit)
+local total, others = demand, 0
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local wanted, granted, at = string.match(all[i + 1], '(%S+) (%S+) (%S+)')
+  if now - tonumber(at) > tonumber(ARGV[8]) then
+    redis.call('HDEL', KEYS[2], all[i])
+  elseif all[i] ~= ARGV[1] then
+    total = total + tonumber(wanted)
+    others = others + tonumber(granted)
+  end
+end
+local share = math.min(rate * demand / total, math.max(rate - others, 0))
+redis.call('HSET', KEYS[2], ARGV[1], demand .. ' ' .. share .. ' ' .. now)
+return {tostring(share), tostring(rate)}
 """

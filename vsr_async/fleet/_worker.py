@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import coredis
 
-from vsr_async._validate import check_count, check_seconds
+from vsr_async._config import RATE_DECREASE, RATE_FLOOR, RATE_RECOVERY
+from vsr_async._validate import check_count, check_rate, check_seconds
 
 from . import _codec
 from ._faults import UNREACHABLE, Outage
-from ._keys import GROUP, HAND_BACK, PUBLISH, RENEW
+from ._keys import GROUP, HAND_BACK, PUBLISH, RATE, RENEW
 
 if TYPE_CHECKING:
     from vsr_async import AsyncVSRClient, Transition, Watcher
@@ -39,6 +40,10 @@ logger = logging.getLogger("vsr_async.fleet")
 _FLUSH_EVERY = 0.1
 #: Transitions (or leases) per script call: a script blocks Redis while it runs.
 _BATCH = 500
+#: Seconds between two updates of a worker's share of the namespace's rate budget.
+RATE_SYNC = 1.0
+#: The least share a worker gets (requests/s): one with no demand yet still starts.
+_LEAST_SHARE = 0.01
 
 
 class Worker:
@@ -50,6 +55,10 @@ class Worker:
         concurrency: The most tasks it owns at once.
         name: Its consumer name in the group (host and process ID by default).
         interval: Seconds between two polls of a task whose submitter did not say.
+        rate_limit: Requests per second for every worker of the namespace together (the
+            namespace's, given by each of its workers); ``None`` for no shared limit. Each
+            worker's client gets its share, by demand, every `RATE_SYNC` seconds, and a 429
+            met by any worker cuts the rate of all.
     """
 
     def __init__(
@@ -60,6 +69,7 @@ class Worker:
         concurrency: int,
         name: str | None = None,
         interval: float | None = None,
+        rate_limit: float | None = None,
     ) -> None:
         self.fleet = fleet
         self.client = client
@@ -72,6 +82,8 @@ class Worker:
         self._room = anyio.Event()
         self._stack = contextlib.AsyncExitStack()
         self._cursor = "0-0"  # where XAUTOCLAIM goes on
+        self.rate_limit = None if rate_limit is None else check_rate("rate_limit", rate_limit)
+        self._rate_limited = 0  # the client's 429s, when last told to Redis
 
     async def run(self) -> None:
         keys = self.fleet.keys
@@ -82,6 +94,9 @@ class Worker:
         try:
             async with self._stack, anyio.create_task_group() as group:
                 self._group = group
+                if self.rate_limit is not None:
+                    await self._share()  # before the first poll
+                    group.start_soon(self._share_forever)
                 group.start_soon(self._take)
                 group.start_soon(self._flush)
                 group.start_soon(self._renew)
@@ -240,6 +255,30 @@ class Worker:
             for task_id, entry in owned[start : start + _BATCH]:
                 args += [task_id, entry]
             self._forget(cast("list[str]", await script(keys=keys_, args=args)))
+
+    async def _share_forever(self) -> None:
+        outage = Outage("sharing the rate budget")
+        while True:
+            await anyio.sleep(RATE_SYNC)
+            try:
+                await self._share()
+            except UNREACHABLE as exc:
+                await outage.failed(exc)  # (the share it has holds meanwhile)
+            else:
+                outage.recovered()
+
+    async def _share(self) -> None:
+        """Tell Redis this worker's demand and 429s; take its share of the namespace's rate."""
+        assert self.rate_limit is not None  # noqa: S101
+        redis, keys = self.fleet.redis, self.fleet.keys
+        demand = sum(watch.watching / interval for (interval, _), watch in self._watches.items())
+        rate_limited = self.client.stats.rate_limited
+        args: list[Any] = [self.name, self.rate_limit, demand, rate_limited - self._rate_limited]
+        args += [RATE_DECREASE, RATE_FLOOR, RATE_RECOVERY, 3 * RATE_SYNC]
+        script = redis.register_script(RATE)
+        share, _ = cast("list[str]", await script(keys=[keys.rate, keys.demand], args=args))
+        self._rate_limited = rate_limited
+        self.client.rate_limit = max(float(share), _LEAST_SHARE)
 
     def _forget(self, lost: list[str]) -> None:
         """Tasks another worker owns now: stop polling them here."""
