@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import socket
+import time
 
 import pytest
 from _cli_helpers import CONTROL, KEY, CreateLog, add_tasks, cli_env, records, serve_in_thread
@@ -433,3 +434,22 @@ def test_server_text_cannot_drive_the_terminal(invoke, emulator: Emulator) -> No
         assert result.exit_code == 1
         assert not any(ch in result.output for ch in "\x1b\x07\r")
         assert "bad\\x1b]0;PWNED\\x07\\rOVERWRITE" in result.output
+
+
+@pytest.mark.parametrize("seconds", [0.5, 4.0, 120.0])
+def test_the_emulator_command_s_tasks_end_within_task_seconds(
+    invoke, monkeypatch: pytest.MonkeyPatch, seconds: float
+) -> None:
+    """`emulator --task-seconds S`: each task it creates ends within S seconds (and not all
+    at once: their ends spread over the first S)."""
+    served: list[Emulator] = []
+    monkeypatch.setattr(_app, "serve", lambda app, *_: served.append(app))
+    monkeypatch.setattr(_app, "run", lambda _backend, function, *args: function(*args))
+    assert invoke("emulator", "--task-seconds", str(seconds)).exit_code == 0
+    (app,) = served
+    ends = [app.terminal_at(app.add_task()) for _ in range(200)]
+    assert all(end is not None for end in ends)
+    now = time.monotonic()  # (the emulator's clock)
+    spans = [end - now for end in ends if end is not None]
+    assert max(spans) <= seconds
+    assert min(spans) < seconds * 0.5 < max(spans)

@@ -14,7 +14,7 @@ import click
 
 from vsr_async import Model, __version__
 from vsr_async._validate import check_model, check_task_id
-from vsr_async.testing import Emulator, Faults
+from vsr_async.testing import Emulator, Faults, Timeline
 
 from ._demo import run_demo
 from ._display import CreatedIds, make_display, use_live_display
@@ -332,6 +332,14 @@ def download(
 @click.option(
     "--loose", is_flag=True, help="Answer as loosely as this provider family sometimes does."
 )
+@click.option(
+    "--task-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=4.0,
+    show_default=True,
+    metavar="S",
+    help="Tasks end within S seconds (for long runs, a fleet's workers...).",
+)
 @backend_option
 @verbose_option
 @exits
@@ -347,14 +355,15 @@ def emulator(
     latency: float,
     malformed_rate: float,
     loose: bool,
+    task_seconds: float,
     backend: str,
 ) -> int:
     """Serve the bundled API emulator, to test your own code against; prints its URL and key.
 
-    Tasks created on it end within 4 s, most of them completed. It counts requests rather than
-    keeping them, so it can serve for days: GET /_emulator/stats answers the counts (total, per
-    status, faults injected, tasks) as JSON, and `vsr-async -v emulator` logs each request on
-    stderr. Ctrl-C stops it.
+    Tasks created on it end within 4 s (--task-seconds), most of them completed. It counts
+    requests rather than keeping them, so it can serve for days: GET /_emulator/stats answers
+    the counts (total, per status, faults injected, tasks) as JSON, and `vsr-async -v emulator`
+    logs each request on stderr. Ctrl-C stops it.
     """
     _need_emulator_extra()
     faults = Faults(
@@ -366,7 +375,13 @@ def emulator(
     )
     # Nothing reads the requests in this process: count them (stats), keep none.
     app = Emulator(
-        api_key=key, seed=seed, faults=faults, loose=loose, history=0, on_request=log_request
+        api_key=key,
+        seed=seed,
+        faults=faults,
+        loose=loose,
+        timeline=functools.partial(Timeline.drawn, within=task_seconds),
+        history=0,
+        on_request=log_request,
     )
     try:
         run(backend, serve, app, host, port)

@@ -97,6 +97,15 @@ class Timeline:
         return cls(steps, actual_duration=actual_duration)
 
     @classmethod
+    def drawn(cls, rng: random.Random, *, within: float = 4.0) -> Timeline:
+        """A timeline as the emulator draws one by default: queued for the first twentieth to
+        quarter of ``within`` seconds, then processing, ending within ``within`` seconds, 85%
+        of them completed (the others failed with one of a few errors)."""
+        if not within > 0:
+            raise ValueError(f"within must be a number of seconds > 0, got {within!r}")
+        return _random_timeline(rng, within)
+
+    @classmethod
     def failed(
         cls,
         *,
@@ -120,8 +129,9 @@ class Timeline:
         return at if status in _TERMINAL else None
 
 
-def _random_timeline(rng: random.Random) -> Timeline:
-    queued, processing = rng.uniform(0.2, 1.0), rng.uniform(0.5, 3.0)
+def _random_timeline(rng: random.Random, seconds: float = 4.0) -> Timeline:
+    scale = seconds / 4.0
+    queued, processing = rng.uniform(0.2, 1.0) * scale, rng.uniform(0.5, 3.0) * scale
     if rng.random() < 0.85:
         return Timeline.completed(
             queued=queued, processing=processing, actual_duration=round(rng.uniform(5, 60), 2)
