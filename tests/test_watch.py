@@ -1030,3 +1030,17 @@ async def test_failing_polls_warn_at_most_once_a_minute(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "polls keep failing" in warnings[0]
+
+
+async def test_transitions_not_taken_before_leaving_are_dropped() -> None:
+    """Leaving a watch with transitions still queued (first sightings of tasks the body never
+    took): iterating it afterwards yields nothing, not what was left in the queue."""
+    emulator = request_driven()
+    ids = [emulator.add_task(FOREVER) for _ in range(5)]
+    async with serve(emulator) as client:
+        async with client.watch(ids, interval=60) as watcher:
+            await watcher.__anext__()
+            with anyio.fail_after(30):
+                while len(emulator.requests) < len(ids):  # noqa: ASYNC110 (no event to wait on)
+                    await anyio.sleep(0.005)
+        assert [t async for t in watcher] == []

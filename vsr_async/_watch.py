@@ -131,6 +131,7 @@ class Watcher:
         tb: TracebackType | None,
     ) -> None:
         self._stopping = True
+        self._ready = None  # a watch left early stays ended: nothing more is yielded
         for task_id in self._seen:
             if (unwound := self._scheduler.unsubscribe(self, task_id)) is not None:
                 self._unwinding.append(unwound)
