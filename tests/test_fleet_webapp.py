@@ -103,8 +103,8 @@ async def test_the_fleet_web_app_under_uvicorn_workers(redis: RedisServer) -> No
         finally:
             for process in processes:
                 process.terminate()
-            for process in processes:
-                process.communicate(timeout=60)
+            logs = [process.communicate(timeout=60)[1] for process in processes]
+            print("\n".join(logs))  # shown if the test fails
     for task_id in ids:
         statuses = [event["status"] for event in streams[task_id]]
         assert statuses[-1] == "completed", statuses

@@ -26,7 +26,7 @@ from vsr_async._validate import check_seconds, check_task_id
 
 from . import _codec
 from ._faults import UNREACHABLE, Outage
-from ._keys import GROUP, SUBMIT, Keys
+from ._keys import GROUP, STATES, SUBMIT, Keys
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -320,11 +320,8 @@ class Follower:
         if last:
             self._position = str(last[0].identifier)
         ids = list(self._seen)
-        states = await self._hmget(keys.state, ids)
-        watched = await self._hmget(keys.ids, ids)
-        unknown = [
-            i for i, s, w in zip(ids, states, watched, strict=True) if s is None and w is None
-        ]
+        states = await self._states(ids)
+        unknown = [task_id for task_id, data in zip(ids, states, strict=True) if data is None]
         if unknown:
             shown = ", ".join(map(repr, unknown[:3])) + (", ..." if len(unknown) > 3 else "")
             raise ValueError(
@@ -332,22 +329,28 @@ class Follower:
                 f" forgotten): {shown}; submit them first"
             )
         for task_id, data in zip(ids, states, strict=True):
-            if data is not None:
+            if data:
                 self._observe(task_id, data)
 
-    async def _hmget(self, key: str, ids: list[str]) -> list[str | None]:
-        values: list[str | None] = []
+    async def _states(self, ids: list[str]) -> list[str | None]:
+        """Each task's last transition, "" if not seen yet, ``None`` if not in the fleet."""
+        keys = self._fleet.keys
+        script = self._fleet.redis.register_script(STATES)
+        states: list[str | None] = []
         for start in range(0, len(ids), 1000):
-            values += await self._fleet.redis.hmget(key, ids[start : start + 1000])
-        return values
+            chunk = ids[start : start + 1000]
+            states += cast(
+                "list[str | None]", await script(keys=[keys.state, keys.ids], args=chunk)
+            )
+        return states
 
     async def _read(self) -> None:
         redis, keys = self._fleet.redis, self._fleet.keys
         try:
             if self._outage.failures:  # back: what the events missed (trimmed, lost) is in
                 ids = list(self._seen)  # the state hash
-                for task_id, data in zip(ids, await self._hmget(keys.state, ids), strict=True):
-                    if data is not None:
+                for task_id, data in zip(ids, await self._states(ids), strict=True):
+                    if data:
                         self._observe(task_id, data)
             answer = await redis.xread({keys.events: self._position}, count=1000, block=_BLOCK_MS)
         except UNREACHABLE as exc:

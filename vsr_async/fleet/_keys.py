@@ -217,3 +217,21 @@ local share = math.min(rate * demand / total, math.max(rate - others, 0))
 redis.call('HSET', KEYS[2], ARGV[1], demand .. ' ' .. share .. ' ' .. now)
 return {tostring(share), tostring(rate)}
 """
+
+#: KEYS: state, ids. ARGV: task IDs. Each task's last transition; "" for one watched and not
+#: seen yet; nil for one not in the fleet. (One read of both: a task's first sighting can be
+#: its end, which a worker publishes at once, between two separate reads.)
+STATES = """
+local out = {}
+for i, id in ipairs(ARGV) do
+  local data = redis.call('HGET', KEYS[1], id)
+  if data then
+    out[i] = data
+  elseif redis.call('HEXISTS', KEYS[2], id) == 1 then
+    out[i] = ''
+  else
+    out[i] = false
+  end
+end
+return out
+"""
