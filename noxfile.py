@@ -79,6 +79,7 @@ def bench(session: nox.Session) -> None:
     writes them elsewhere, ``-- --strict`` exits
     1 on a missed target, ``-- download --reps 15`` runs one with its own options. The fleet
     benchmark measures ``transport="aiohttp"`` and an aiohttp baseline, hence the extra; the web
-    app's serves examples/webapp.py (Starlette) with hypercorn (the emulator extra)."""
-    session.install("-e", ".[aiohttp,emulator]", "trio", "aiohttp", "starlette")
+    app's serves examples/webapp.py (Starlette) with hypercorn (the emulator extra); the fleet on
+    Redis runs `vsr-async worker` processes (the cli and redis extras) and needs redis-server."""
+    session.install("-e", ".[aiohttp,cli,emulator,redis]", "trio", "aiohttp", "starlette")
     session.run("python", "-m", "tests.bench", *(session.posargs or FIGURES))

@@ -40,6 +40,8 @@ logger = logging.getLogger("vsr_async.fleet")
 _FLUSH_EVERY = 0.1
 #: Transitions (or leases) per script call: a script blocks Redis while it runs.
 _BATCH = 500
+#: Tasks a worker takes at once: workers reading together take turns, and share them out.
+_INTAKE = 100
 #: Seconds between two updates of a worker's share of the namespace's rate budget.
 RATE_SYNC = 1.0
 #: The least share a worker gets (requests/s): one with no demand yet still starts.
@@ -142,7 +144,7 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
-                await self._take_some(room)
+                await self._take_some(min(room, _INTAKE))
             except UNREACHABLE as exc:
                 await outage.failed(exc)
             else:
