@@ -203,3 +203,37 @@ async def test_a_worker_paused_past_its_lease_publishes_nothing_twice(
 
 async def _equals(count: object, expected: int) -> bool:
     return await count == expected  # type: ignore[misc]
+
+
+async def test_an_acl_user_and_password_work_and_the_password_is_never_shown(
+    redis: RedisServer, namespace: str
+) -> None:
+    """A Redis URL with an ACL user and password: `fleet status` works, and neither its
+    output, nor a worker's lines, nor the fleet's repr shows the password."""
+    password = "s3cret-pw-0917"
+    setuser = ["redis-cli", "-p", str(redis.port), "ACL", "SETUSER", "fleetuser", "on"]
+    setuser += [f">{password}", "~*", "&*", "+@all"]
+    await anyio.run_process(setuser)
+    url = f"redis://fleetuser:{password}@127.0.0.1:{redis.port}/0"
+    async with RedisFleet(url, namespace, api_key=KEY) as fleet:
+        assert password not in repr(fleet)
+        await fleet.submit(["t1", "t2"])
+    env = environment(redis, DEAD_URL) | {"VSR_REDIS_URL": url}
+    command = [sys.executable, "-m", "vsr_async", "fleet", "status", "--namespace", namespace]
+    done = await anyio.run_process(command, env=env, check=False)
+    shown = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0, shown
+    assert "tasks watched: 2 (0 owned, 2 waiting)" in shown
+    assert password not in shown
+    assert "fleetuser:***@" in shown
+    workers = Workers(env, namespace)
+    try:
+        worker = workers.start()
+        async with RedisFleet(url, namespace) as fleet:
+            await until(lambda: _equals(owned(fleet), 2))
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    finally:
+        workers.close()
+    assert "fleetuser:***@" in err
+    assert password not in err
