@@ -338,7 +338,10 @@ async def test_a_429_met_by_one_worker_slows_every_worker(
         group.start_soon(lambda: fleet.serve(other, name="b", concurrency=10, rate_limit=100))
         await until(lambda: slowed.stats.rate_limited > 0)
         await until(lambda: _rate(fleet), seconds=60)  # cut by half, at least
-        rate = float(await fleet.redis.hget(fleet.keys.rate, "rate") or 0)
+        now = await fleet.status()
+        assert now.rate_limit == 100
+        assert now.rate is not None
+        rate = now.rate
         await until(lambda: other.rate_limit is not None and other.rate_limit <= rate * 1.01)
         group.cancel_scope.cancel()
     assert other.stats.rate_limited == 0

@@ -237,3 +237,29 @@ async def test_an_acl_user_and_password_work_and_the_password_is_never_shown(
         workers.close()
     assert "fleetuser:***@" in err
     assert password not in err
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # (the workers' backend is theirs)
+async def test_ten_thousand_ids_through_three_workers_each_end_once(
+    redis: RedisServer, namespace: str
+) -> None:
+    """10,000 IDs (each ended already, so one poll each) through three worker processes:
+    each ID's end is published exactly once."""
+    emulator = Emulator(history=None)
+    done = Timeline(((0.0, "completed"),))
+    ids = [emulator.add_task(done) for _ in range(10_000)]
+    async with EmulatorServer(emulator) as server, RedisFleet(redis.url, namespace) as fleet:
+        workers = Workers(environment(redis, server.base_url), namespace)
+        try:
+            for _ in range(3):
+                workers.start("--concurrency", "5000")
+            await fleet.submit(ids, interval=0.05)
+            with anyio.fail_after(300):
+                async with fleet.follow(ids) as transitions:
+                    ended = [t.task_id async for t in transitions]
+            published = await finals(fleet)
+        finally:
+            workers.close()
+    assert sorted(ended) == sorted(ids)
+    assert len(published) == len(ids)
+    assert sorted(published) == sorted(ids)

@@ -181,10 +181,15 @@ def status(*, redis_url: str | None, namespace: str, as_json: bool, backend: str
     now = run(backend, read)
     if as_json:
         data = {"workers": now.workers, "watched": now.watched, "owned": now.owned}
-        click.echo(json.dumps(data | {"waiting": now.waiting}))
+        data |= {"waiting": now.waiting, "rate": now.rate, "rate_limit": now.rate_limit}
+        click.echo(json.dumps(data))
         return 0
     click.echo(f"Namespace {namespace!r} on {opened.url}")
     click.echo(f"  tasks watched: {now.watched} ({now.owned} owned, {now.waiting} waiting)")
+    if now.rate is None:
+        click.echo("  rate: no shared limit")
+    else:
+        click.echo(f"  rate now: {now.rate:.1f} requests/s (limit {now.rate_limit or now.rate:g})")
     click.echo(f"  workers: {len(now.workers)}")
     for name, beat in sorted(now.workers.items()):
         click.echo(f"    {name}: {beat.get('owned', 0)} tasks")

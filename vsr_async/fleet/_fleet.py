@@ -69,11 +69,16 @@ class FleetStatus:
         watched: Task IDs submitted and not ended.
         owned: Of those, the ones a worker owns now.
         waiting: The ones no worker owns yet.
+        rate: The requests per second the workers may send together now (the shared
+            ``rate_limit``, less after 429s); ``None`` without one.
+        rate_limit: The workers' shared ``rate_limit``, if they have one.
     """
 
     workers: dict[str, dict[str, Any]]
     watched: int
     owned: int
+    rate: float | None = None
+    rate_limit: float | None = None
 
     @property
     def waiting(self) -> int:
@@ -240,7 +245,14 @@ class RedisFleet:
             groups = await self.redis.xinfo_groups(self.keys.queue)
             owned = sum(cast("int", g["pending"]) for g in groups if g["name"] == GROUP)
         workers = {name: json.loads(beat) for name, beat in heartbeats.items()}
-        return FleetStatus(workers=workers, watched=watched, owned=owned)
+        rate, limit = await self.redis.hmget(self.keys.rate, ["rate", "limit"])
+        return FleetStatus(
+            workers=workers,
+            watched=watched,
+            owned=owned,
+            rate=None if rate is None else float(rate),
+            rate_limit=None if limit is None else float(limit),
+        )
 
     async def serve(
         self,
