@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "bench"
 KB = 1000
+SEED = 1
+#: Detection: tasks ending 0.5-3.5 s after a start this far ahead, polled every 0.2 s.
+LEAD, DETECT_INTERVAL = 8.0, 0.2
 
 
 def _free_port() -> int:
@@ -102,9 +105,10 @@ class _Redis:
 class _Server:
     """The fake API: it counts the polls it answers (``count``)."""
 
-    def __init__(self, tasks: int) -> None:
-        command = [sys.executable, "-m", "tests.bench._fleet_server", "--workload", "idle"]
-        command += ["--tasks", str(tasks), "--t0", repr(time.monotonic())]
+    def __init__(self, tasks: int, *, workload: str = "idle", t0: float | None = None) -> None:
+        command = [sys.executable, "-m", "tests.bench._fleet_server", "--workload", workload]
+        t0 = time.monotonic() if t0 is None else t0
+        command += ["--tasks", str(tasks), "--t0", repr(t0), "--seed", str(SEED)]
         self.process = subprocess.Popen(  # noqa: S603
             command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -268,6 +272,60 @@ def rate(args: argparse.Namespace, redis: _Redis) -> dict[str, Any]:
     return {"tasks": tasks, "rate": polls / seconds}
 
 
+def _percentiles(latencies: list[float]) -> tuple[float, float]:
+    ordered = sorted(latencies)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def _follow(url: str, ids: list[str], seen: dict[str, float]) -> None:
+    from vsr_async.fleet import RedisFleet  # noqa: PLC0415
+
+    async with RedisFleet(url, "detect", api_key=KEY) as fleet:
+        await fleet.submit(ids, interval=DETECT_INTERVAL)
+        async with fleet.follow(ids) as transitions:
+            async for t in transitions:
+                if t.is_final:
+                    seen[t.task_id] = time.monotonic()
+
+
+async def _watch(base_url: str, ids: list[str], seen: dict[str, float]) -> None:
+    from vsr_async import AsyncVSRClient  # noqa: PLC0415
+
+    client = AsyncVSRClient(KEY, base_url=base_url)
+    async with client, client.watch(ids, interval=DETECT_INTERVAL) as watcher:
+        async for t in watcher:
+            if t.is_final:
+                seen[t.task_id] = time.monotonic()
+
+
+def detection(args: argparse.Namespace, redis: _Redis) -> dict[str, tuple[float, float]]:
+    """Seconds from a task's end (on the server) to its final transition in a follower, through
+    the fleet (2 workers), and in one process's `client.watch` for comparison."""
+    from tests.bench._fleet_server import finish_offsets  # noqa: PLC0415
+
+    ids = [task_id(index) for index in range(args.detect)]
+    offsets = finish_offsets(SEED, args.detect)
+    figures = {}
+    for how in ("through the fleet", "one process"):
+        t0 = time.monotonic() + LEAD
+        server = _Server(args.detect, workload="fleet", t0=t0)
+        workers: list[subprocess.Popen[str]] = []
+        seen: dict[str, float] = {}
+        try:
+            if how == "one process":
+                asyncio.run(_watch(server.base_url, ids, seen))
+            else:
+                options = ["--interval", str(DETECT_INTERVAL)]
+                workers = [_worker(redis, server, "detect", *options) for _ in range(2)]
+                asyncio.run(_follow(redis.url, ids, seen))
+        finally:
+            _stop(workers)
+            server.close()
+        latencies = [seen[tid] - (t0 + offset) for tid, offset in zip(ids, offsets, strict=True)]
+        figures[how] = _percentiles(latencies)
+    return figures
+
+
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.fleet_redis")
     parser.add_argument("--tasks", type=int, default=5000)
@@ -276,6 +334,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--lease", type=float, default=10.0)
     parser.add_argument("--rate-limit", type=float, default=200.0)
+    parser.add_argument("--detect", type=int, default=1000, help="tasks, for detection")
     return parser.parse_args(argv)
 
 
@@ -289,6 +348,8 @@ def run(argv: Sequence[str]) -> Report:
             print(f"steady: {one}", file=sys.stderr, flush=True)
             two = rate(args, redis)
             print(f"rate: {two}", file=sys.stderr, flush=True)
+            three = detection(args, redis)
+            print(f"detection: {three}", file=sys.stderr, flush=True)
             redis_version = redis.cli("INFO", "server").split("redis_version:")[1].split()[0]
         finally:
             redis.close()
@@ -309,6 +370,13 @@ def run(argv: Sequence[str]) -> Report:
         [
             f"4 workers, rate_limit {args.rate_limit:g} for {two['tasks']:,} IDs at 0.2 s",
             f"{two['rate']:.1f} requests/s ({held:.1%})",
+        ],
+        *[
+            [
+                f"detection p50 / p99, {args.detect:,} tasks at {DETECT_INTERVAL:g} s, {how}",
+                f"{p50 * 1000:.0f} / {p99 * 1000:.0f} ms",
+            ]
+            for how, (p50, p99) in three.items()
         ],
     ]
     checks = [
