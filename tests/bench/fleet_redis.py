@@ -208,7 +208,7 @@ def steady(args: argparse.Namespace, redis: _Redis) -> dict[str, Any]:
         _submit(redis.url, namespace, ids, args.interval)
         warmup = _until(
             lambda: redis.count(f"{{{namespace}}}:state") == args.tasks,
-            300,
+            max(300, args.tasks / 100),  # (at 100 polls/s at least)
             "every ID seen",
         )
         time.sleep(args.interval)  # one more round: the steady state

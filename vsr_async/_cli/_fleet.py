@@ -87,9 +87,9 @@ def open_fleet(
     "--concurrency",
     type=click.IntRange(min=1),
     metavar="N",
-    default=10_000,
-    show_default=True,
-    help="The most tasks this worker owns at once (the others go to other workers).",
+    default=None,
+    help="The most tasks this worker owns at once. Default: no limit (workers running together "
+    "share the queue out; cap them to leave tasks for one that starts later).",
 )
 @click.option(
     "--lease",
@@ -126,7 +126,7 @@ def worker(
     redis_url: str | None,
     namespace: str,
     interval: float,
-    concurrency: int,
+    concurrency: int | None,
     lease: float,
     connections: int,
     api_key: str | None,

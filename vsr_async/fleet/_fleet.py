@@ -258,7 +258,7 @@ class RedisFleet:
         self,
         client: AsyncVSRClient,
         *,
-        concurrency: int = 10_000,
+        concurrency: int | None = None,
         name: str | None = None,
         interval: float | None = None,
         rate_limit: float | None = None,

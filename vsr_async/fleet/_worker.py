@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -54,7 +55,9 @@ class Worker:
     Args:
         fleet: The fleet (entered).
         client: The client that polls (entered: its scheduler is shared by the watches).
-        concurrency: The most tasks it owns at once.
+        concurrency: The most tasks it owns at once; ``None`` for no limit. Workers that read
+            the queue together share it out (they take 100 at a time); one that starts later
+            takes only what is new or handed back, so cap the others to leave it some.
         name: Its consumer name in the group (host and process ID by default).
         interval: Seconds between two polls of a task whose submitter did not say.
         rate_limit: Requests per second for every worker of the namespace together (the
@@ -68,14 +71,16 @@ class Worker:
         fleet: RedisFleet,
         client: AsyncVSRClient,
         *,
-        concurrency: int,
+        concurrency: int | None = None,
         name: str | None = None,
         interval: float | None = None,
         rate_limit: float | None = None,
     ) -> None:
         self.fleet = fleet
         self.client = client
-        self.concurrency = check_count("concurrency", concurrency, minimum=1)
+        self.concurrency = (
+            math.inf if concurrency is None else check_count("concurrency", concurrency, minimum=1)
+        )
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.interval = 5.0 if interval is None else check_seconds("interval", interval)
         self._owned: dict[str, str] = {}  # task ID -> its queue entry
@@ -138,13 +143,13 @@ class Worker:
     async def _take(self) -> None:
         outage = Outage("taking tasks")
         while True:
-            room = self.concurrency - len(self._owned)
+            room = int(min(self.concurrency - len(self._owned), _INTAKE))
             if room <= 0:
                 self._room = anyio.Event()
                 await self._room.wait()
                 continue
             try:
-                await self._take_some(min(room, _INTAKE))
+                await self._take_some(room)
             except UNREACHABLE as exc:
                 await outage.failed(exc)
             else:
