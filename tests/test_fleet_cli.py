@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -263,3 +264,31 @@ async def test_ten_thousand_ids_through_three_workers_each_end_once(
     assert sorted(ended) == sorted(ids)
     assert len(published) == len(ids)
     assert sorted(published) == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["worker"], ["fleet", "status"], ["watch", "--plain", "task_1"]],
+    ids=["worker", "status", "watch"],
+)
+async def test_an_unreachable_redis_is_one_error_line(command: list[str]) -> None:
+    """Redis not there when a command starts: one `Error:` line naming the URL (without its
+    password) and the setting to check, exit 2; no traceback."""
+    url = f"redis://someone:pw-never-shown@127.0.0.1:{_closed_port()}/0"
+    env = os.environ | {"VSR_API_KEY": KEY, "VSR_REDIS_URL": url, "VSR_BASE_URL": DEAD_URL}
+    done = await anyio.run_process(
+        [sys.executable, "-m", "vsr_async", *command], env=env, check=False
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "Error: cannot reach Redis at redis://someone:***@127.0.0.1:" in err
+    assert "check VSR_REDIS_URL" in err
+    assert "pw-never-shown" not in err
+    assert "Traceback" not in err
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # (closed again: nothing listens there)

@@ -21,7 +21,7 @@ from ._display import CreatedIds, make_display, use_live_display
 from ._download import make_printer
 from ._exits import EXIT_CODES, STATUS_EXIT_CODES, ConfigError, exits, report_fatal, run
 from ._fleet import COMMANDS as FLEET_COMMANDS
-from ._fleet import open_fleet, redis_options
+from ._fleet import open_fleet, redis_errors, redis_options
 from ._ids import check_video_url
 from ._jsonl import ResultsFile, ResultsFileError
 from ._options import (
@@ -462,7 +462,8 @@ def _batch(
             download_concurrency=options.download_concurrency,
             fleet=fleet,
         )
-        run(options.backend, batch)
+        with redis_errors(fleet):
+            run(options.backend, batch)
         report_fatal(planned.tally.fatal)
         if planned.tally.interrupted and results is not None:
             resume_hint(results, planned.tally)

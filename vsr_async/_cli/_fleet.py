@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -23,6 +24,8 @@ from ._options import (
 from ._run import run_until_interrupted
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from anyio.abc import TaskGroup
 
     from vsr_async.fleet import RedisFleet
@@ -70,6 +73,33 @@ def open_fleet(
         return RedisFleet(redis_url, namespace, api_key=api_key, **options)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _connection_error(exc: BaseException) -> BaseException | None:
+    """The Redis connection error in ``exc`` (or in its exception group), if there is one."""
+    import coredis  # noqa: PLC0415 (the redis extra's)
+
+    if isinstance(exc, coredis.exceptions.ConnectionError | ConnectionError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        if (found := _connection_error(inner)) is not None:
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def redis_errors(fleet: RedisFleet | None) -> Iterator[None]:
+    """Redis unreachable when a command starts: one ``Error:`` line naming the URL (without its
+    password) and the setting, exit 2; not a traceback."""
+    try:
+        yield
+    except BaseException as exc:
+        found = None if fleet is None else _connection_error(exc)
+        if fleet is None or found is None:
+            raise
+        raise ConfigError(
+            f"cannot reach Redis at {fleet.url}: {found}; check {REDIS_URL_ENV} (or --redis)"
+        ) from None
 
 
 @click.command()
@@ -144,7 +174,7 @@ def worker(
 
     async def serve() -> None:
         async def work(_: TaskGroup) -> None:
-            click.echo(f"Worker serving namespace {namespace!r} on {fleet.url}", err=True)
+            click.echo(f"Worker joining namespace {namespace!r} on {fleet.url}", err=True)
             await fleet.serve(
                 client, concurrency=concurrency, interval=interval, rate_limit=rate_limit
             )
@@ -155,7 +185,8 @@ def worker(
         if signum is not None:
             click.echo(f"Stopped by {signum.name}: tasks handed back", err=True)
 
-    run(backend, serve)
+    with redis_errors(fleet):
+        run(backend, serve)
     return 0
 
 
@@ -178,7 +209,8 @@ def status(*, redis_url: str | None, namespace: str, as_json: bool, backend: str
         async with opened:
             return await opened.status()
 
-    now = run(backend, read)
+    with redis_errors(opened):
+        now = run(backend, read)
     if as_json:
         data = {"workers": now.workers, "watched": now.watched, "owned": now.owned}
         data |= {"waiting": now.waiting, "rate": now.rate, "rate_limit": now.rate_limit}
