@@ -350,3 +350,64 @@ async def test_a_429_met_by_one_worker_slows_every_worker(
 async def _rate(fleet: RedisFleet) -> bool:
     rate = await fleet.redis.hget(fleet.keys.rate, "rate")
     return rate is not None and float(rate) <= 50
+
+
+async def test_a_follower_drops_events_older_than_the_state_it_read(
+    redis: RedisServer, namespace: str
+) -> None:
+    """A follower that starts reads each task's state, then the events after the stream's
+    end as it noted it: an event published before the state it read (numbered lower) comes
+    after it, and is dropped, not taken for a change back."""
+    emulator = request_driven()
+    task_id = emulator.add_task(Timeline(((0.0, "queued"), (5.0, "processing"))))
+    async with serve(emulator) as client, fleet_of(redis, namespace) as fleet:
+        await fleet.submit([task_id], interval=0.01)
+        async with anyio.create_task_group() as group:  # a worker, until it is stopped
+            group.start_soon(fleet.serve, client)
+            await until(lambda: _state_is(fleet, task_id, "2 "))  # processing, the 2nd
+            group.cancel_scope.cancel()
+        state = str(await fleet.redis.hget(fleet.keys.state, task_id))
+        older = "1 " + state.partition(" ")[2].replace('"processing"', '"queued"')
+        newer = "3 " + state.partition(" ")[2].replace('"processing"', '"completed"')
+        async with fleet.follow([task_id]) as transitions:
+            first = await transitions.__anext__()
+            for data in (older, newer):
+                await fleet.redis.xadd(fleet.keys.events, {"id": task_id, "data": data})
+            rest = [t async for t in transitions]
+    assert (first.previous, str(first.status)) == (None, "processing")
+    assert [(str(t.previous), str(t.status)) for t in rest] == [("processing", "completed")]
+
+
+async def _state_is(fleet: RedisFleet, task_id: str, prefix: str) -> bool:
+    state = await fleet.redis.hget(fleet.keys.state, task_id)
+    return state is not None and str(state).startswith(prefix)
+
+
+async def test_a_follower_behind_the_capped_stream_still_sees_every_end(
+    redis: RedisServer, namespace: str
+) -> None:
+    """The events stream is capped: a follower that stops reading while hundreds of events
+    are trimmed unread notices (the stream's first entry is past its place), rereads the
+    state hash, and still sees every task's end once."""
+    emulator = request_driven()
+    ids = [emulator.add_task(Timeline.completed(queued=200, processing=200)) for _ in range(150)]
+    async with (
+        serve(emulator) as client,
+        fleet_of(redis, namespace, events=10) as fleet,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit(ids, interval=0.01)
+        async with fleet.follow(ids) as transitions:
+            group.start_soon(fleet.serve, client)
+            first = await transitions.__anext__()  # then nothing read for a while
+            ended = lambda: fleet.redis.zcard(fleet.keys.ended)  # noqa: E731
+            await until(lambda: _equals(ended(), len(ids)))
+            assert await fleet.redis.xlen(fleet.keys.events) < 2 * len(ids)  # trimmed: many lost
+            rest = [t async for t in transitions]
+        group.cancel_scope.cancel()
+    finals = [t.task_id for t in [first, *rest] if t.is_final]
+    assert sorted(finals) == sorted(ids)
+
+
+async def _equals(value: object, expected: int) -> bool:
+    return await value == expected  # type: ignore[misc]

@@ -102,7 +102,7 @@ async def owned(fleet: RedisFleet, worker: int | None = None) -> int:
     return sum(
         int(c["pending"] or 0)  # type: ignore[call-overload]
         for c in consumers
-        if worker is None or str(c["name"]).endswith(f"-{worker}")
+        if worker is None or f"-{worker}-" in str(c["name"])
     )
 
 

@@ -222,7 +222,7 @@ def steady(args: argparse.Namespace, redis: _Redis) -> dict[str, Any]:
         rss = {worker.pid: _rss_kib(worker.pid) - rss_start[worker.pid] for worker in workers}
         # Recovery: kill one; the others take its IDs once its lease has run out.
         victim = workers[0]
-        victim_owned = next((n for name, n in owned.items() if name.endswith(f"-{victim.pid}")), 0)
+        victim_owned = next((n for name, n in owned.items() if f"-{victim.pid}-" in name), 0)
         victim.kill()
         victim.wait()
         recovery = _until(
@@ -230,7 +230,7 @@ def steady(args: argparse.Namespace, redis: _Redis) -> dict[str, Any]:
                 sum(
                     n
                     for name, n in _owned_by(redis, namespace).items()
-                    if not name.endswith(f"-{victim.pid}")
+                    if f"-{victim.pid}-" not in name
                 )
                 == args.tasks
             ),

@@ -20,6 +20,9 @@ UNREACHABLE = (
     coredis.exceptions.ConnectionError,
     TimeoutError,
     coredis.exceptions.BusyLoadingError,
+    coredis.exceptions.ReadOnlyError,  # a failover under way
+    coredis.exceptions.TryAgainError,
+    coredis.exceptions.ClusterDownError,
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
     OSError,

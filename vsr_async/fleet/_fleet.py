@@ -22,7 +22,7 @@ from vsr_async import (
     WaitTimeoutError,
     WatchStats,
 )
-from vsr_async._validate import check_seconds, check_task_id
+from vsr_async._validate import check_count, check_seconds, check_task_id
 
 from . import _codec
 from ._faults import UNREACHABLE, Outage
@@ -42,6 +42,12 @@ DEFAULT_EVENTS = 100_000
 DEFAULT_KEEP = 24 * 3600.0
 #: Milliseconds a follower's read blocks before it looks again.
 _BLOCK_MS = 1000
+
+
+def _order(stream_id: object) -> tuple[int, int]:
+    """A stream entry ID (``"1700000000000-3"``) as a tuple that sorts as Redis does."""
+    ms, _, seq = str(stream_id).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def fingerprint(api_key: str, namespace: str) -> str:
@@ -117,7 +123,7 @@ class RedisFleet:
         self.namespace = namespace
         self.keys = Keys(namespace)
         self.lease = check_seconds("lease", lease)
-        self.events = events
+        self.events = check_count("events", events, minimum=1)
         self.keep = check_seconds("keep", keep)
         api_key = api_key if api_key is not None else os.environ.get("VSR_API_KEY", "")
         #: What is stored of the API key ("" without one: then nothing is checked).
@@ -291,6 +297,8 @@ class Follower:
         self._ready: collections.deque[Transition] = collections.deque()
         self._position = "0-0"  # the last event read
         self._outage = Outage("following")
+        self._behind = False  # events may have been missed: resync from the state hash
+        self._numbers: dict[str, int] = {}  # each task's last transition seen, by number
         self._started = False
 
     async def __aenter__(self) -> Follower:
@@ -359,24 +367,50 @@ class Follower:
     async def _read(self) -> None:
         redis, keys = self._fleet.redis, self._fleet.keys
         try:
-            if self._outage.failures:  # back: what the events missed (trimmed, lost) is in
-                ids = list(self._seen)  # the state hash
-                for task_id, data in zip(ids, await self._states(ids), strict=True):
-                    if data:
-                        self._observe(task_id, data)
+            if self._behind:
+                await self._resync()
             answer = await redis.xread({keys.events: self._position}, count=1000, block=_BLOCK_MS)
+            entries = (answer or {}).get(keys.events, ())
+            if entries:
+                # The stream is capped: if its first entry is past the last one read here,
+                # what came between was trimmed unread. The state hash knows where each is.
+                first = await redis.xrange(keys.events, count=1)
+                self._behind = bool(first) and _order(first[0].identifier) > _order(self._position)
         except UNREACHABLE as exc:
+            self._behind = True  # (and what the stream lost meanwhile, if Redis lost it)
             await self._outage.failed(exc)
             return
         self._outage.recovered()
-        for entry in (answer or {}).get(keys.events, ()):
+        if self._behind:
+            return  # resynced at the next read, instead of applying events of unknown gaps
+        for entry in entries:
             self._position = str(entry.identifier)
             fields = entry.field_values
             self._observe(str(fields["id"]), str(fields["data"]))
 
-    def _observe(self, task_id: str, data: str) -> None:
+    async def _resync(self) -> None:
+        """Go on from the end of the events stream, each task from its state: noted in that
+        order, so that nothing published between the two is missed."""
+        redis, keys = self._fleet.redis, self._fleet.keys
+        last = await redis.xrevrange(keys.events, count=1)
+        ids = list(self._seen)
+        states = await self._states(ids)
+        if last:
+            self._position = str(last[0].identifier)
+        for task_id, data in zip(ids, states, strict=True):
+            if data:
+                self._observe(task_id, data)
+        self._behind = False
+
+    def _observe(self, task_id: str, stored: str) -> None:
         if task_id not in self._seen:
             return
+        number, _, data = stored.partition(" ")
+        if not number.isdigit():  # (unnumbered: as the first fleets stored it)
+            number, data = "0", stored
+        if 0 < int(number) <= self._numbers.get(task_id, 0):
+            return  # seen already (in the state, read after this event was published)
+        self._numbers[task_id] = int(number)
         previous = self._seen[task_id]
         transition = _codec.loads(task_id, data, previous)
         task = transition.task

@@ -8,7 +8,8 @@ scripts run on Redis Cluster too. The keys (``{ns}`` stands for the tagged names
   consumer group `GROUP`. A worker owns the tasks whose entries are pending under its name:
   ownership is the consumer group's, and its lease is the entry's idle time (renewed by
   claiming the entry again; a worker that stops renewing loses it to ``XAUTOCLAIM``).
-- ``{ns}:state``: a hash, task ID to its last transition (JSON), ended tasks included until
+- ``{ns}:state``: a hash, task ID to its last transition (``"<n> <JSON>"``, the ``n``-th of
+  the task's), ended tasks included until
   ``{ns}:ended`` trims them: the first sighting of a follower that comes late.
 - ``{ns}:ended``: a sorted set, task ID by the time it ended (ms), for that trimming.
 - ``{ns}:events``: a stream of every transition, ``id=<task ID> data=<JSON>``, capped near a
@@ -108,6 +109,8 @@ end
 #: state is kept, then (task ID, queue entry, "1" if final, transition JSON) for each.
 #: Publishes each transition of a task the worker still owns (fenced: one that lost its lease
 #: publishes nothing); a final one also ends the task's ownership. Returns the IDs not owned.
+#: Each is stored as ``"<n> <JSON>"``, ``n`` counting the task's transitions: a follower that
+#: read a task's state drops the events it has seen there already, whatever order they come in.
 PUBLISH = (
     _OWNS
     + """
@@ -119,6 +122,9 @@ for i = 4, #ARGV, 4 do
   if not owns(KEYS[1], entry, ARGV[1]) then
     lost[#lost + 1] = id
   else
+    local current = redis.call('HGET', KEYS[3], id)
+    local n = (current and tonumber(string.match(current, '^(%d+) ')) or 0) + 1
+    data = n .. ' ' .. data
     redis.call('HSET', KEYS[3], id, data)
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'id', id, 'data', data)
     if final == '1' then

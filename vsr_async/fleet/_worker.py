@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -41,8 +42,10 @@ logger = logging.getLogger("vsr_async.fleet")
 _FLUSH_EVERY = 0.1
 #: Transitions (or leases) per script call: a script blocks Redis while it runs.
 _BATCH = 500
-#: Tasks a worker takes at once: workers reading together take turns, and share them out.
+#: New tasks a worker takes at once: workers reading together take turns, and share them out.
 _INTAKE = 100
+#: Tasks whose lease ran out a worker claims at once (each call scans up to 10 times that).
+_CLAIM_AT_ONCE = 1000
 #: Seconds between two updates of a worker's share of the namespace's rate budget.
 RATE_SYNC = 1.0
 #: The least share a worker gets (requests/s): one with no demand yet still starts.
@@ -81,7 +84,8 @@ class Worker:
         self.concurrency = (
             math.inf if concurrency is None else check_count("concurrency", concurrency, minimum=1)
         )
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        # Unique: ownership and fencing go by name (containers share hostnames and PIDs).
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.interval = 5.0 if interval is None else check_seconds("interval", interval)
         self._owned: dict[str, str] = {}  # task ID -> its queue entry
         self._watches: dict[tuple[float, float | None], Watcher] = {}
@@ -89,6 +93,7 @@ class Worker:
         self._room = anyio.Event()
         self._stack = contextlib.AsyncExitStack()
         self._cursor = "0-0"  # where XAUTOCLAIM goes on
+        self._next_pass = -math.inf  # when XAUTOCLAIM next looks for leases run out
         self.rate_limit = None if rate_limit is None else check_rate("rate_limit", rate_limit)
         self._rate_limited = 0  # the client's 429s, when last told to Redis
 
@@ -143,7 +148,7 @@ class Worker:
     async def _take(self) -> None:
         outage = Outage("taking tasks")
         while True:
-            room = int(min(self.concurrency - len(self._owned), _INTAKE))
+            room = int(min(self.concurrency - len(self._owned), _CLAIM_AT_ONCE))
             if room <= 0:
                 self._room = anyio.Event()
                 await self._room.wait()
@@ -152,21 +157,34 @@ class Worker:
                 await self._take_some(room)
             except UNREACHABLE as exc:
                 await outage.failed(exc)
+            except coredis.exceptions.StreamConsumerGroupError as exc:
+                # Redis came back without its data (no persistence): the queue is empty until
+                # the IDs are submitted again; keep the group ready for them.
+                await outage.failed(exc)
+                with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
+                    await self.fleet.redis.xgroup_create(
+                        self.fleet.keys.queue, GROUP, "0", mkstream=True
+                    )
             else:
                 outage.recovered()
 
     async def _take_some(self, room: int) -> None:
-        """Up to ``room`` tasks: first those whose lease ran out, else new ones (waiting up
-        to a second for some)."""
+        """Up to ``room`` tasks: those whose lease ran out (a pass over the group's pending
+        entries every few seconds, each call scanning up to 10 x ``room`` of them), else new
+        ones, 100 at a time (waiting up to a second for some)."""
         redis, keys = self.fleet.redis, self.fleet.keys
-        lease_ms = int(self.fleet.lease * 1000)
-        cursor, entries, _ = await redis.xautoclaim(
-            keys.queue, GROUP, self.name, lease_ms, self._cursor, count=room
-        )
-        self._cursor = cursor
-        if not entries:
+        entries: Any = ()
+        if anyio.current_time() >= self._next_pass:
+            lease_ms = int(self.fleet.lease * 1000)
+            cursor, entries, _ = await redis.xautoclaim(
+                keys.queue, GROUP, self.name, lease_ms, self._cursor, count=room
+            )
+            self._cursor = cursor
+            if str(cursor) == "0-0":  # the pass is over: the next in a few seconds
+                self._next_pass = anyio.current_time() + min(self.fleet.lease / 3, 5.0)
+        if not entries and anyio.current_time() < self._next_pass:
             answer = await redis.xreadgroup(
-                GROUP, self.name, {keys.queue: ">"}, count=room, block=1000
+                GROUP, self.name, {keys.queue: ">"}, count=min(room, _INTAKE), block=1000
             )
             entries = (answer or {}).get(keys.queue, ())
         if entries:
@@ -181,6 +199,7 @@ class Worker:
                 gone.append(entry)
                 continue
             if task_id in self._owned:
+                self._owned[task_id] = entry  # (handed back and re-taken: the newer entry)
                 continue
             self._owned[task_id] = entry
             fields: dict[str, Any] = json.loads(raw)
@@ -243,7 +262,8 @@ class Worker:
     async def _renew(self) -> None:
         outage = Outage("renewing leases")
         while True:
-            await anyio.sleep(self.fleet.lease / 3)
+            if not outage.failures:  # (after a failure: again on the backoff alone, before
+                await anyio.sleep(self.fleet.lease / 3)  # the leases run out)
             try:
                 await self._renew_all()
             except UNREACHABLE as exc:
@@ -298,6 +318,8 @@ class Worker:
             if self._owned.pop(task_id, None) is not None:
                 for watch in self._watches.values():
                     watch.discard(task_id)
+        gone = set(lost)
+        self._outbox = [t for t in self._outbox if t.task_id not in gone]
         self._room.set()
 
     async def _hand_back(self) -> None:
