@@ -29,8 +29,10 @@ import math
 import random
 import resource
 import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 PREFIX = "/api"
 _ID_WIDTH = 24
@@ -174,6 +176,41 @@ async def serve(args: argparse.Namespace) -> None:
             server.close()
             print(json.dumps(state.report(float(value))), flush=True)
             return
+
+
+class FakeAPI:
+    """This server in a process of its own, for a benchmark: its URL, and the polls it has
+    answered so far (``count``)."""
+
+    def __init__(
+        self, tasks: int, *, workload: str = "idle", t0: float | None = None, seed: int = 1
+    ) -> None:
+        command = [sys.executable, "-m", "tests.bench._fleet_server", "--workload", workload]
+        t0 = time.monotonic() if t0 is None else t0
+        command += ["--tasks", str(tasks), "--t0", repr(t0), "--seed", str(seed)]
+        root = Path(__file__).resolve().parents[2]  # where ``-m tests.bench...`` resolves
+        self.process = subprocess.Popen(  # noqa: S603
+            command, cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+        self.base_url = f"http://127.0.0.1:{self.port}{PREFIX}"
+
+    def count(self) -> int:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write("count\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def main() -> None:

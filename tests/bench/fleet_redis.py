@@ -35,7 +35,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.bench._fleet_server import PREFIX, task_id
+from tests.bench._fleet_server import FakeAPI, task_id
 from tests.bench._report import Report, cli, table, verdict
 
 if TYPE_CHECKING:
@@ -102,33 +102,7 @@ class _Redis:
         self.process.wait(timeout=30)
 
 
-class _Server:
-    """The fake API: it counts the polls it answers (``count``)."""
-
-    def __init__(self, tasks: int, *, workload: str = "idle", t0: float | None = None) -> None:
-        command = [sys.executable, "-m", "tests.bench._fleet_server", "--workload", workload]
-        t0 = time.monotonic() if t0 is None else t0
-        command += ["--tasks", str(tasks), "--t0", repr(t0), "--seed", str(SEED)]
-        self.process = subprocess.Popen(  # noqa: S603
-            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None
-        self.base_url = f"http://127.0.0.1:{int(self.process.stdout.readline())}{PREFIX}"
-
-    def count(self) -> int:
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write("count\n")
-        self.process.stdin.flush()
-        return int(self.process.stdout.readline())
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(timeout=30)
-
-
-def _worker(redis: _Redis, server: _Server, namespace: str, *options: str) -> subprocess.Popen[str]:
+def _worker(redis: _Redis, server: FakeAPI, namespace: str, *options: str) -> subprocess.Popen[str]:
     env = os.environ | {"VSR_API_KEY": KEY, "VSR_BASE_URL": server.base_url}
     command = [sys.executable, "-m", "vsr_async", "worker", "--redis", redis.url]
     command += ["--namespace", namespace, *options]
@@ -196,7 +170,7 @@ def _monitor(redis: _Redis, seconds: float) -> int:
 
 def steady(args: argparse.Namespace, redis: _Redis) -> dict[str, Any]:
     namespace = "steady"
-    server = _Server(args.tasks)
+    server = FakeAPI(args.tasks, seed=SEED)
     workers: list[subprocess.Popen[str]] = []
     try:
         ids = [task_id(index) for index in range(args.tasks)]
@@ -255,7 +229,7 @@ def steady(args: argparse.Namespace, redis: _Redis) -> dict[str, Any]:
 def rate(args: argparse.Namespace, redis: _Redis) -> dict[str, Any]:
     namespace = "rate"
     tasks = max(100, int(args.rate_limit * 5 * 0.2))  # wanting 5x the limit at 0.2 s
-    server = _Server(tasks)
+    server = FakeAPI(tasks, seed=SEED)
     workers: list[subprocess.Popen[str]] = []
     try:
         options = ["--interval", "0.2", "--rate-limit", str(args.rate_limit)]
@@ -308,7 +282,7 @@ def detection(args: argparse.Namespace, redis: _Redis) -> dict[str, tuple[float,
     figures = {}
     for how in ("through the fleet", "one process"):
         t0 = time.monotonic() + LEAD
-        server = _Server(args.detect, workload="fleet", t0=t0)
+        server = FakeAPI(args.detect, workload="fleet", t0=t0, seed=SEED)
         workers: list[subprocess.Popen[str]] = []
         seen: dict[str, float] = {}
         try:

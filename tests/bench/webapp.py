@@ -50,7 +50,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.bench._fleet_server import PREFIX, task_id
+from tests.bench._fleet_server import FakeAPI, task_id
 from tests.bench._report import Report, cli, spread, table
 
 if TYPE_CHECKING:
@@ -176,35 +176,6 @@ class Result:
         return self.growth_kib * 1024 / KB / self.clients
 
 
-class _Server:
-    """The fake API, in its process: it counts the polls it answers."""
-
-    def __init__(self, tasks: int) -> None:
-        command = [sys.executable, "-m", "tests.bench._fleet_server", "--workload", "idle"]
-        command += ["--tasks", str(tasks), "--t0", repr(time.monotonic())]
-        self.process = subprocess.Popen(  # noqa: S603
-            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None
-        self.port = int(self.process.stdout.readline())
-
-    def count(self) -> int:
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write("count\n")
-        self.process.stdin.flush()
-        return int(self.process.stdout.readline())
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 async def _stream(
     port: int, path: str, opening: asyncio.Semaphore, drains: set[asyncio.Task[None]]
 ) -> asyncio.StreamWriter:
@@ -230,7 +201,7 @@ async def _stream(
 
 
 async def _load(
-    app: int, pid: int, server: _Server, paths: list[str], args: argparse.Namespace
+    app: int, pid: int, server: FakeAPI, paths: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
     rss_before = _rss_kib(pid)
     started = time.monotonic()
@@ -265,11 +236,11 @@ def measure(mode: str, workload: str, args: argparse.Namespace) -> Result:
     ids = [task_id(index % tasks) for index in range(tasks * viewers)]
     paths = [f"/tasks/{tid}/events?interval={args.interval!r}" for tid in ids]
     load = os.getloadavg()[0]
-    server = _Server(tasks)
+    server = FakeAPI(tasks)
     try:
         env = os.environ | {
             "VSR_API_KEY": "bench",
-            "VSR_BASE_URL": f"http://127.0.0.1:{server.port}{PREFIX}",
+            "VSR_BASE_URL": server.base_url,
         }
         command = [sys.executable, "-m", "tests.bench.webapp", "--child", mode]
         command += ["--interval", repr(args.interval), "--backend", args.backend]
