@@ -9,6 +9,7 @@ generous deadline.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ from vsr_async.testing import Emulator, EmulatorServer, Timeline  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -118,13 +120,14 @@ async def finals(fleet: RedisFleet) -> list[str]:
 
 
 async def test_watch_through_two_workers_with_a_dead_base_url(
-    redis: RedisServer, namespace: str, anyio_backend: str
+    redis: RedisServer, namespace: str, anyio_backend: str, tmp_path: Path
 ) -> None:
     """`vsr-async watch --redis` sends nothing to the API (its base URL is dead): two workers
     poll, the watch prints every end and exits 0; SIGTERM stops each worker with 0, every
     task handed back (none left owned)."""
     emulator = Emulator()
     ids = [emulator.add_task(Timeline.completed(queued=0.2, processing=0.4)) for _ in range(20)]
+    results = tmp_path / "results.jsonl"
     async with EmulatorServer(emulator) as server:
         env = environment(redis, server.base_url)
         workers = Workers(env, namespace)
@@ -133,10 +136,14 @@ async def test_watch_through_two_workers_with_a_dead_base_url(
                 workers.start("--backend", anyio_backend)
             command = [sys.executable, "-m", "vsr_async", "watch", "--namespace", namespace]
             command += ["--plain", "--base-url", DEAD_URL, "--interval", "0.05", *ids]
+            command += ["--jsonl", str(results)]
             with anyio.fail_after(120):
                 done = await anyio.run_process(command, env=env, check=False)
             assert done.returncode == 0, done.stderr.decode()
             assert done.stdout.decode().count("completed") >= 20
+            records = [json.loads(line) for line in results.read_text().splitlines()]
+            ends = [r["task_id"] for r in records if r.get("status") == "completed"]
+            assert sorted(ends) == sorted(ids)  # the same records as a plain watch's
             for process in workers.processes:
                 process.send_signal(signal.SIGTERM)
             for process in workers.processes:
