@@ -136,7 +136,6 @@ class RedisFleet:
             self.url = repr(redis)
             self.redis = redis
             self._owns_client = False
-        self._entered = False
 
     def __repr__(self) -> str:
         return f"<RedisFleet {self.namespace!r} on {self.url}>"
@@ -144,7 +143,6 @@ class RedisFleet:
     async def __aenter__(self) -> RedisFleet:
         if self._owns_client:
             await self.redis.__aenter__()
-        self._entered = True
         return self
 
     async def __aexit__(
@@ -153,7 +151,6 @@ class RedisFleet:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._entered = False
         if self._owns_client:
             await self.redis.__aexit__(exc_type, exc, tb)
 
