@@ -411,3 +411,112 @@ async def test_a_follower_behind_the_capped_stream_still_sees_every_end(
 
 async def _equals(value: object, expected: int) -> bool:
     return await value == expected  # type: ignore[misc]
+
+
+async def _server_info(fleet: RedisFleet, field: str) -> int:
+    """A counter from ``INFO`` (``blocked_clients``, ``cmdstat_xread``...)."""
+    info = await fleet.redis.info("all")
+    value = info.get(field, 0)
+    return int(value["calls"]) if isinstance(value, dict) else int(value)  # type: ignore[arg-type]
+
+
+async def test_followers_of_one_fleet_share_one_read_of_redis(
+    redis: RedisServer, namespace: str
+) -> None:
+    """100 followers in one process (a web app's open waits) hold one blocking read of the
+    events stream between them, not one each: on a client of 4 connections they all follow,
+    and each sees its own task end."""
+    emulator = request_driven()
+    ids = [emulator.add_task(Timeline.completed(queued=0, processing=0)) for _ in range(100)]
+    small = coredis.Redis.from_url(redis.url, decode_responses=True, max_connections=4)
+    async with (
+        serve(emulator) as client,
+        small,
+        fleet_of(redis, namespace) as fleet,
+        RedisFleet(small, namespace, api_key=KEY) as shared,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit(ids)
+        following, ends = [0], []
+
+        async def follow(task_id: str) -> None:
+            async with shared.follow([task_id]) as transitions:
+                following[0] += 1
+                ends.extend([t.task_id async for t in transitions if t.is_final])
+
+        for task_id in ids:
+            group.start_soon(follow, task_id)
+        await until(lambda: following[0] == len(ids))
+        await until(lambda: _equals(_server_info(fleet, "blocked_clients"), 1))
+        await anyio.sleep(1.5)  # (a read's block, and more: time for any follower to read)
+        assert await _server_info(fleet, "blocked_clients") == 1
+        group.start_soon(fleet.serve, client)
+        await until(lambda: len(ends) == len(ids))
+        group.cancel_scope.cancel()
+    assert sorted(ends) == sorted(ids)
+
+
+async def test_a_follower_that_misses_nothing_reads_the_state_once(
+    redis: RedisServer, namespace: str
+) -> None:
+    """A follower that starts on a new namespace (no events yet) and keeps up reads the
+    state hash once, at its start: never again, as if it had fallen behind."""
+    emulator = request_driven()
+    ids = [emulator.add_task(Timeline.completed(queued=20, processing=20)) for _ in range(20)]
+    async with serve(emulator) as client, fleet_of(redis, namespace) as fleet:
+        await fleet.submit(ids, interval=0.01)
+        await fleet.redis.config_resetstat()
+        async with fleet.follow(ids) as transitions, anyio.create_task_group() as group:
+            group.start_soon(fleet.serve, client)
+            seen = [t async for t in transitions]
+            group.cancel_scope.cancel()
+        reads = await _server_info(fleet, "cmdstat_xrevrange")  # (one as each read starts)
+    assert sum(t.is_final for t in seen) == len(ids)
+    assert len(seen) == 3 * len(ids)  # queued, processing, completed: none missed
+    assert reads == 1
+
+
+@pytest.fixture
+def volatile_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of its own without persistence: a restart loses every key."""
+    yield from redis_server(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
+async def test_followers_go_on_after_redis_loses_its_data(
+    volatile_redis: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis restarts empty (no persistence) while a worker polls and a follower follows:
+    once the tasks are submitted again (safe to rerun), the follower sees each end once,
+    though their transitions are numbered from 1 again."""
+    emulator = request_driven()
+    ids = [emulator.add_task(Timeline.completed(queued=100, processing=200)) for _ in range(10)]
+    async with (
+        serve(emulator) as client,
+        fleet_of(volatile_redis, namespace, lease=3) as fleet,
+        fleet_of(volatile_redis, namespace) as follower,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit(ids, interval=0.02)
+        group.start_soon(fleet.serve, client)
+        seen: list[Transition] = []
+
+        async def follow() -> None:
+            async with follower.follow(ids) as transitions:
+                async for transition in transitions:
+                    seen.append(transition)  # noqa: PERF401 (as they come)
+
+        group.start_soon(follow)
+        await until(lambda: len(emulator.requests) >= 150)  # all processing, none ended
+        assert not any(t.is_final for t in seen)
+        await anyio.to_thread.run_sync(volatile_redis.restart)
+        assert await fleet.submit(ids, interval=0.02) == len(ids)
+        await until(lambda: sum(t.is_final for t in seen) == len(ids), seconds=120)
+        group.cancel_scope.cancel()
+    assert sorted(t.task_id for t in seen if t.is_final) == sorted(ids)
+    for task_id in ids:
+        statuses = [str(t.status) for t in seen if t.task_id == task_id]
+        assert statuses[-1] == "completed"
+        assert len(statuses) == len(set(statuses))  # (processing: not seen again)
+    assert "no consumer group" in caplog.text  # (the worker's word for it)
+    gc.collect()

@@ -25,12 +25,14 @@ from vsr_async import (
 from vsr_async._validate import check_count, check_seconds, check_task_id
 
 from . import _codec
-from ._faults import UNREACHABLE, Outage
+from ._faults import UNREACHABLE, Outage, logger
 from ._keys import GROUP, STATES, SUBMIT, Keys
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Callable, Iterable
     from types import TracebackType
+
+    from coredis.response.types import StreamEntry
 
     from vsr_async import AsyncVSRClient
 
@@ -44,10 +46,27 @@ DEFAULT_KEEP = 24 * 3600.0
 _BLOCK_MS = 1000
 
 
-def _order(stream_id: object) -> tuple[int, int]:
-    """A stream entry ID (``"1700000000000-3"``) as a tuple that sorts as Redis does."""
-    ms, _, seq = str(stream_id).partition("-")
-    return int(ms), int(seq or 0)
+@attrs.frozen
+class _Mark:
+    """A place in the events stream: an entry's ID, and its ``seq`` (how many transitions the
+    namespace had published up to it; ``None`` for an entry without one)."""
+
+    entry: str
+    seq: int | None
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """The entry ID (``"1700000000000-3"``) as a tuple that sorts as Redis does."""
+        ms, _, n = self.entry.partition("-")
+        return int(ms), int(n or 0)
+
+    @classmethod
+    def of(cls, entry: StreamEntry | None) -> _Mark:
+        """The place of ``entry``, or the start of the stream."""
+        if entry is None:
+            return cls("0-0", 0)
+        seq = entry.field_values.get("seq")
+        return cls(str(entry.identifier), None if seq is None else int(seq))
 
 
 def fingerprint(api_key: str, namespace: str) -> str:
@@ -136,6 +155,7 @@ class RedisFleet:
             self.url = repr(redis)
             self.redis = redis
             self._owns_client = False
+        self._events = _Events(self)
 
     def __repr__(self) -> str:
         return f"<RedisFleet {self.namespace!r} on {self.url}>"
@@ -208,7 +228,7 @@ class RedisFleet:
                 async for t in transitions:
                     print(t.task_id, t.previous, "->", t.status)
         """
-        return Follower(self, task_ids)
+        return Follower(self, self._events, task_ids)
 
     async def wait(
         self,
@@ -283,76 +303,165 @@ class RedisFleet:
         await worker.run()
 
 
-class Follower:
-    """Follows tasks through a fleet; made by `RedisFleet.follow`."""
+class _Events:
+    """The events stream, read once for all the followers of one `RedisFleet`.
 
-    def __init__(self, fleet: RedisFleet, task_ids: Iterable[str]) -> None:
-        if isinstance(task_ids, str):
-            raise TypeError("task_ids must be an iterable of IDs, not one string")
+    A web app's open ``follow()``s and ``wait()``s hold one blocking read of Redis between
+    them, not one each: the first follower out of transitions reads for all, the others wait
+    for that read, and each event goes to the followers of its task. Events carry their
+    ``seq``: one missing between two read means the capped stream trimmed it unread (or Redis
+    lost its data, when ``seq`` goes back), and the followers that needed it reread the
+    state hash.
+    """
+
+    def __init__(self, fleet: RedisFleet) -> None:
         self._fleet = fleet
-        self._seen: dict[str, Any] = dict.fromkeys(check_task_id(t) for t in task_ids)
-        self._ready: collections.deque[Transition] = collections.deque()
-        self._position = "0-0"  # the last event read
+        self._subscriptions: set[_Subscription] = set()
+        self._by_task: dict[str, list[_Subscription]] = {}
+        self._position: _Mark | None = None  # the last event read (None: no follower)
+        self._reading: anyio.Event | None = None  # set when the read under way is done
         self._outage = Outage("following")
-        self._behind = False  # events may have been missed: resync from the state hash
-        self._numbers: dict[str, int] = {}  # each task's last transition seen, by number
-        self._started = False
 
-    async def __aenter__(self) -> Follower:
-        if self._started:
-            raise RuntimeError("a Follower can be entered only once")
-        self._started = True
-        await self._catch_up()
-        return self
+    async def join(self, subscription: _Subscription) -> None:
+        """Deliver events to ``subscription`` from where it reads the state hash on."""
+        self._subscriptions.add(subscription)
+        for task_id in subscription.ids:
+            self._by_task.setdefault(task_id, []).append(subscription)
+        try:
+            await subscription.read_states(first=True)
+        except BaseException:
+            self.leave(subscription)
+            raise
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._seen.clear()
+    def leave(self, subscription: _Subscription) -> None:
+        if subscription not in self._subscriptions:
+            return
+        self._subscriptions.remove(subscription)
+        for task_id in subscription.ids:
+            subscriptions = self._by_task.get(task_id, [])
+            if subscription in subscriptions:
+                subscriptions.remove(subscription)
+            if not subscriptions:
+                self._by_task.pop(task_id, None)
+        if not self._subscriptions:
+            self._position = None
 
-    def __aiter__(self) -> Follower:
-        return self
+    def start_at(self, mark: _Mark) -> None:
+        """Read from ``mark`` on, for a subscription that starts there (if not from earlier)."""
+        if self._position is None or mark.order < self._position.order:
+            self._position = mark
 
-    @property
-    def stats(self) -> WatchStats:
-        """``watched``: the tasks this follower waits for; the rest is 0: it polls nothing
-        (the workers' figures are in `RedisFleet.status`)."""
-        return WatchStats(
-            watched=len(self._seen), in_flight=0, polls=0, retries=0, rate_limited=0, rate=0.0
-        )
+    async def next(self, subscription: _Subscription) -> None:
+        """Until more may be ready for ``subscription``: its resync if it is behind, else the
+        next read of the stream, its own or another follower's."""
+        if subscription.behind:
+            await self._guarded(subscription.read_states)
+        elif self._reading is not None:
+            await self._reading.wait()
+        else:
+            self._reading = done = anyio.Event()
+            try:
+                await self._guarded(self._read)
+            finally:
+                self._reading = None
+                done.set()
 
-    async def __anext__(self) -> Transition:
-        if not self._started:
-            raise RuntimeError("use the Follower in `async with fleet.follow(...)` first")
-        while not self._ready:
-            if not self._seen:
-                raise StopAsyncIteration
-            await self._read()
-        return self._ready.popleft()
+    async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except UNREACHABLE as exc:
+            for subscription in self._subscriptions:
+                subscription.behind = True  # (Redis may have lost events meanwhile)
+            await self._outage.failed(exc)
+        else:
+            self._outage.recovered()
 
-    async def _catch_up(self) -> None:
+    async def _read(self) -> None:
+        start = self._position
+        if start is None:
+            return
+        redis, events = self._fleet.redis, self._fleet.keys.events
+        answer = await redis.xread({events: start.entry}, count=1000, block=_BLOCK_MS)
+        last = start
+        for entry in (answer or {}).get(events, ()):
+            mark = _Mark.of(entry)
+            if mark.seq is not None and last.seq is not None and mark.seq != last.seq + 1:
+                self._missed(last.seq, mark.seq)
+            last = mark
+            task_id, data = str(entry.field_values["id"]), str(entry.field_values["data"])
+            for subscription in self._by_task.get(task_id, ()):
+                if mark.order > subscription.start.order:  # (else it started with it)
+                    subscription.observe(task_id, data)
+        if self._position is start:  # (not moved back meanwhile, for a follower starting)
+            self._position = last
+
+    def _missed(self, before: int, after: int) -> None:
+        """The events between ``seq`` ``before`` and ``after`` are gone: behind are the
+        subscriptions that started before one of them (all if ``seq`` began again)."""
+        for subscription in self._subscriptions:
+            seq = subscription.start.seq
+            if after <= before or seq is None or seq < after - 1:
+                subscription.behind = True
+
+
+class _Subscription:
+    """What one follower knows of its tasks: each one's last status and number, the
+    transitions ready for it, and where in the events stream it stands."""
+
+    def __init__(self, fleet: RedisFleet, events: _Events, task_ids: Iterable[str]) -> None:
+        self.fleet = fleet
+        self.events = events
+        self.seen: dict[str, Any] = dict.fromkeys(check_task_id(t) for t in task_ids)
+        self.ids = tuple(self.seen)
+        self.ready: collections.deque[Transition] = collections.deque()
+        #: Where the events stream ended when the state hash was last read: the events
+        #: needed are the ones after.
+        self.start = _Mark.of(None)
+        self.behind = False  # events needed are gone: read the state hash again
+        self.numbers: dict[str, int] = {}  # each task's last transition seen, by number
+        self.gone: set[str] = set()  # tasks found no longer in the fleet (warned once)
+
+    async def read_states(self, *, first: bool = False) -> None:
         """Each task's last transition, from the state hash: read after noting where the
         events stream ends, so that no event is missed between the two (one seen twice is
-        dropped as no change)."""
-        redis, keys = self._fleet.redis, self._fleet.keys
+        dropped by its number)."""
+        redis, keys = self.fleet.redis, self.fleet.keys
         last = await redis.xrevrange(keys.events, count=1)
-        if last:
-            self._position = str(last[0].identifier)
-        ids = list(self._seen)
+        self.start = _Mark.of(last[0] if last else None)
+        self.behind = False  # (until an event after the mark goes missing)
+        self.events.start_at(self.start)
+        ids = list(self.seen)
         states = await self._states(ids)
         unknown = [task_id for task_id, data in zip(ids, states, strict=True) if data is None]
-        if unknown:
+        if unknown and first:
             shown = ", ".join(map(repr, unknown[:3])) + (", ..." if len(unknown) > 3 else "")
             raise ValueError(
-                f"not in fleet {self._fleet.namespace!r} (never submitted, or ended and"
+                f"not in fleet {self.fleet.namespace!r} (never submitted, or ended and"
                 f" forgotten): {shown}; submit them first"
             )
+        if unknown:
+            self._warn_gone(unknown)
         for task_id, data in zip(ids, states, strict=True):
             if data:
-                self._observe(task_id, data)
+                self.observe(task_id, data, again=not first)
+            else:  # (not seen yet: a number seen before was from before Redis lost its data)
+                self.numbers.pop(task_id, None)
+
+    def _warn_gone(self, unknown: list[str]) -> None:
+        """Tasks that the fleet no longer knows: Redis lost its data."""
+        if new := set(unknown) - self.gone:
+            self.gone |= new
+            logger.warning(
+                "%d followed tasks are no longer in fleet %r (did Redis lose its data?);"
+                " waiting for them to be submitted again",
+                len(new),
+                self.fleet.namespace,
+            )
 
     async def _states(self, ids: list[str]) -> list[str | None]:
         """Each task's last transition, "" if not seen yet, ``None`` if not in the fleet."""
-        keys = self._fleet.keys
-        script = self._fleet.redis.register_script(STATES)
+        keys = self.fleet.keys
+        script = self.fleet.redis.register_script(STATES)
         states: list[str | None] = []
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
@@ -361,62 +470,72 @@ class Follower:
             )
         return states
 
-    async def _read(self) -> None:
-        redis, keys = self._fleet.redis, self._fleet.keys
-        try:
-            if self._behind:
-                await self._resync()
-            answer = await redis.xread({keys.events: self._position}, count=1000, block=_BLOCK_MS)
-            entries = (answer or {}).get(keys.events, ())
-            if entries:
-                # The stream is capped: if its first entry is past the last one read here,
-                # what came between was trimmed unread. The state hash knows where each is.
-                first = await redis.xrange(keys.events, count=1)
-                self._behind = bool(first) and _order(first[0].identifier) > _order(self._position)
-        except UNREACHABLE as exc:
-            self._behind = True  # (and what the stream lost meanwhile, if Redis lost it)
-            await self._outage.failed(exc)
-            return
-        self._outage.recovered()
-        if self._behind:
-            return  # resynced at the next read, instead of applying events of unknown gaps
-        for entry in entries:
-            self._position = str(entry.identifier)
-            fields = entry.field_values
-            self._observe(str(fields["id"]), str(fields["data"]))
-
-    async def _resync(self) -> None:
-        """Go on from the end of the events stream, each task from its state: noted in that
-        order, so that nothing published between the two is missed."""
-        redis, keys = self._fleet.redis, self._fleet.keys
-        last = await redis.xrevrange(keys.events, count=1)
-        ids = list(self._seen)
-        states = await self._states(ids)
-        if last:
-            self._position = str(last[0].identifier)
-        for task_id, data in zip(ids, states, strict=True):
-            if data:
-                self._observe(task_id, data)
-        self._behind = False
-
-    def _observe(self, task_id: str, stored: str) -> None:
-        if task_id not in self._seen:
+    def observe(self, task_id: str, stored: str, *, again: bool = False) -> None:
+        """A task's transition, numbered: one older than the last seen is dropped, except
+        ``again`` (from the state hash, reread): there a lower number means that Redis lost
+        its data, and the numbering began again."""
+        if task_id not in self.seen:
             return
         number, _, data = stored.partition(" ")
         if not number.isdigit():  # (unnumbered: as the first fleets stored it)
             number, data = "0", stored
-        if 0 < int(number) <= self._numbers.get(task_id, 0):
+        seen = self.numbers.get(task_id, 0)
+        if 0 < int(number) <= seen and not (again and int(number) < seen):
             return  # seen already (in the state, read after this event was published)
-        self._numbers[task_id] = int(number)
-        previous = self._seen[task_id]
+        self.numbers[task_id] = int(number)
+        previous = self.seen[task_id]
         transition = _codec.loads(task_id, data, previous)
         task = transition.task
         if transition.is_final:
-            del self._seen[task_id]
+            del self.seen[task_id]
         elif task is None or (
             previous is not None and task.status.casefold() == previous.casefold()
         ):
             return  # no change (an unknown status is kept verbatim, "Paused" is "PAUSED")
         else:
-            self._seen[task_id] = task.status
-        self._ready.append(transition)
+            self.seen[task_id] = task.status
+        self.ready.append(transition)
+
+
+class Follower:
+    """Follows tasks through a fleet; made by `RedisFleet.follow`."""
+
+    def __init__(self, fleet: RedisFleet, events: _Events, task_ids: Iterable[str]) -> None:
+        if isinstance(task_ids, str):
+            raise TypeError("task_ids must be an iterable of IDs, not one string")
+        self._events = events
+        self._subscription = _Subscription(fleet, events, task_ids)
+        self._started = False
+
+    async def __aenter__(self) -> Follower:
+        if self._started:
+            raise RuntimeError("a Follower can be entered only once")
+        self._started = True
+        await self._events.join(self._subscription)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._events.leave(self._subscription)
+        self._subscription.seen.clear()
+
+    def __aiter__(self) -> Follower:
+        return self
+
+    @property
+    def stats(self) -> WatchStats:
+        """``watched``: the tasks this follower waits for; the rest is 0: it polls nothing
+        (the workers' figures are in `RedisFleet.status`)."""
+        watched = len(self._subscription.seen)
+        return WatchStats(
+            watched=watched, in_flight=0, polls=0, retries=0, rate_limited=0, rate=0.0
+        )
+
+    async def __anext__(self) -> Transition:
+        if not self._started:
+            raise RuntimeError("use the Follower in `async with fleet.follow(...)` first")
+        subscription = self._subscription
+        while not subscription.ready:
+            if not subscription.seen:
+                raise StopAsyncIteration
+            await self._events.next(subscription)
+        return subscription.ready.popleft()

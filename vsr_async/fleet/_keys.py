@@ -12,8 +12,12 @@ scripts run on Redis Cluster too. The keys (``{ns}`` stands for the tagged names
   the task's), ended tasks included until
   ``{ns}:ended`` trims them: the first sighting of a follower that comes late.
 - ``{ns}:ended``: a sorted set, task ID by the time it ended (ms), for that trimming.
-- ``{ns}:events``: a stream of every transition, ``id=<task ID> data=<JSON>``, capped near a
-  length (``MAXLEN ~``): what followers read, from where they left off.
+- ``{ns}:events``: a stream of every transition, ``id=<task ID> data=<JSON> seq=<n>``, capped
+  near a length (``MAXLEN ~``): what followers read, from where they left off. ``seq`` counts
+  the namespace's transitions (``{ns}:published``): a reader that finds one missing between
+  two it read knows that the cap trimmed events unread (or that Redis lost its data, when
+  the count goes back).
+- ``{ns}:published``: how many transitions the namespace has published.
 - ``{ns}:workers``: a hash, worker name to its last heartbeat (JSON).
 - ``{ns}:key``: the fingerprint of the API key the namespace's workers use (never the key).
 - ``{ns}:rate``: the namespace's rate budget: the rate allowed now (AIMD), when it was last
@@ -57,6 +61,10 @@ class Keys:
     @property
     def events(self) -> str:
         return self._key("events")
+
+    @property
+    def published(self) -> str:
+        return self._key("published")
 
     @property
     def workers(self) -> str:
@@ -105,8 +113,8 @@ local function owns(queue, entry, me)
 end
 """
 
-#: KEYS: queue, ids, state, ended, events. ARGV: worker, events cap, seconds an ended task's
-#: state is kept, then (task ID, queue entry, "1" if final, transition JSON) for each.
+#: KEYS: queue, ids, state, ended, events, published. ARGV: worker, events cap, seconds an
+#: ended task's state is kept, then (task ID, queue entry, "1" if final, transition JSON) for each.
 #: Publishes each transition of a task the worker still owns (fenced: one that lost its lease
 #: publishes nothing); a final one also ends the task's ownership. Returns the IDs not owned.
 #: Each is stored as ``"<n> <JSON>"``, ``n`` counting the task's transitions: a follower that
@@ -126,7 +134,8 @@ for i = 4, #ARGV, 4 do
     local n = (current and tonumber(string.match(current, '^(%d+) ')) or 0) + 1
     data = n .. ' ' .. data
     redis.call('HSET', KEYS[3], id, data)
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'id', id, 'data', data)
+    local seq = redis.call('INCR', KEYS[6])
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'id', id, 'data', data, 'seq', seq)
     if final == '1' then
       redis.call('HDEL', KEYS[2], id)
       redis.call('ZADD', KEYS[4], ms, id)

@@ -98,10 +98,7 @@ class Worker:
         self._rate_limited = 0  # the client's 429s, when last told to Redis
 
     async def run(self) -> None:
-        keys = self.fleet.keys
-        redis = self.fleet.redis
-        with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
-            await redis.xgroup_create(keys.queue, GROUP, "0", mkstream=True)
+        await self._join()
         await self._claim_key()
         try:
             async with self._stack, anyio.create_task_group() as group:
@@ -147,6 +144,7 @@ class Worker:
 
     async def _take(self) -> None:
         outage = Outage("taking tasks")
+        joined = True  # (run() joined the group)
         while True:
             room = int(min(self.concurrency - len(self._owned), _CLAIM_AT_ONCE))
             if room <= 0:
@@ -154,19 +152,27 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
+                if not joined:
+                    await self._join()
+                    joined = True
                 await self._take_some(room)
             except UNREACHABLE as exc:
                 await outage.failed(exc)
-            except coredis.exceptions.StreamConsumerGroupError as exc:
+            except coredis.exceptions.StreamConsumerGroupError:
                 # Redis came back without its data (no persistence): the queue is empty until
                 # the IDs are submitted again; keep the group ready for them.
-                await outage.failed(exc)
-                with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
-                    await self.fleet.redis.xgroup_create(
-                        self.fleet.keys.queue, GROUP, "0", mkstream=True
-                    )
+                logger.warning(
+                    "the queue of fleet %r has no consumer group (did Redis lose its data?):"
+                    " creating it again; submit the tasks again",
+                    self.fleet.namespace,
+                )
+                joined = False
             else:
                 outage.recovered()
+
+    async def _join(self) -> None:
+        with contextlib.suppress(coredis.exceptions.StreamDuplicateConsumerGroupError):
+            await self.fleet.redis.xgroup_create(self.fleet.keys.queue, GROUP, "0", mkstream=True)
 
     async def _take_some(self, room: int) -> None:
         """Up to ``room`` tasks: those whose lease ran out (a pass over the group's pending
@@ -248,7 +254,7 @@ class Worker:
                     continue  # lost since
                 final = "1" if transition.is_final else "0"
                 args += [transition.task_id, entry, final, _codec.dumps(transition)]
-            queue_keys = [keys.queue, keys.ids, keys.state, keys.ended, keys.events]
+            queue_keys = [keys.queue, keys.ids, keys.state, keys.ended, keys.events, keys.published]
             try:
                 lost = cast("list[str]", await script(keys=queue_keys, args=args))
             except BaseException:
