@@ -520,3 +520,28 @@ async def test_followers_go_on_after_redis_loses_its_data(
         assert len(statuses) == len(set(statuses))  # (processing: not seen again)
     assert "no consumer group" in caplog.text  # (the worker's word for it)
     gc.collect()
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A server that speaks TLS only, with a certificate from a CA of its own."""
+    yield from redis_server(tmp_path_factory.mktemp("tls"), tls=True)
+
+
+async def test_a_fleet_works_over_tls(tls_redis: RedisServer, namespace: str) -> None:
+    """``rediss://`` with the server's CA named in the URL (``?ssl_ca_certs=``): submitting,
+    a worker and a follower all go through TLS."""
+    assert tls_redis.url.startswith("rediss://")
+    emulator = request_driven()
+    ids = [emulator.add_task(Timeline.completed(queued=5, processing=5)) for _ in range(5)]
+    async with (
+        serve(emulator) as client,
+        fleet_of(tls_redis, namespace) as fleet,
+        anyio.create_task_group() as group,
+    ):
+        await fleet.submit(ids, interval=0.01)
+        group.start_soon(fleet.serve, client)
+        async with fleet.follow(ids) as transitions:
+            ended = [t.task_id async for t in transitions if t.is_final]
+        group.cancel_scope.cancel()
+    assert sorted(ended) == sorted(ids)

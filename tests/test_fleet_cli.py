@@ -299,3 +299,47 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port  # (closed again: nothing listens there)
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from redis_server(tmp_path_factory.mktemp("tls"), tls=True)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # (the processes' backend is theirs)
+async def test_tls_with_the_servers_ca_works_and_without_it_is_one_error_line(
+    tls_redis: RedisServer, namespace: str
+) -> None:
+    """A worker and ``watch --redis`` over ``rediss://`` with the CA in the URL: the tasks end
+    and ``watch`` exits 0. Without the CA, the certificate is refused: one ``Error:`` line
+    that says so and where the CA goes, exit 2."""
+    emulator = Emulator(history=None)
+    done = Timeline(((0.0, "completed"),))
+    ids = [emulator.add_task(done) for _ in range(3)]
+    async with EmulatorServer(emulator) as server:
+        workers = Workers(environment(tls_redis, server.base_url), namespace)
+        try:
+            workers.start()
+            watch = [sys.executable, "-m", "vsr_async", "watch", "--plain", "--namespace"]
+            with anyio.fail_after(120):
+                watched = await anyio.run_process(
+                    [*watch, namespace, *ids],
+                    env=environment(tls_redis, DEAD_URL),
+                    check=False,
+                )
+        finally:
+            workers.close()
+    out = watched.stdout.decode() + watched.stderr.decode()
+    assert watched.returncode == 0, out
+    assert out.count("completed") >= len(ids), out
+    untrusted = environment(tls_redis, DEAD_URL) | {
+        "VSR_REDIS_URL": tls_redis.url.partition("?")[0]
+    }
+    status = [sys.executable, "-m", "vsr_async", "fleet", "status", "--namespace", namespace]
+    refused = await anyio.run_process(status, env=untrusted, check=False)
+    err = refused.stderr.decode()
+    assert refused.returncode == 2, err
+    assert "Error: cannot reach Redis at rediss://" in err
+    assert "CERTIFICATE_VERIFY_FAILED" in err
+    assert "ssl_ca_certs=PATH" in err
+    assert "Traceback" not in err

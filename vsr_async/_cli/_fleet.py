@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -97,8 +98,11 @@ def redis_errors(fleet: RedisFleet | None) -> Iterator[None]:
         found = None if fleet is None else _connection_error(exc)
         if fleet is None or found is None:
             raise
+        detail = str(found)
+        if isinstance(found.__cause__, ssl.SSLError):  # (its reason: not in coredis's message)
+            detail += f" ({found.__cause__}; a private CA's file goes in ?ssl_ca_certs=PATH)"
         raise ConfigError(
-            f"cannot reach Redis at {fleet.url}: {found}; check {REDIS_URL_ENV} (or --redis)"
+            f"cannot reach Redis at {fleet.url}: {detail}; check {REDIS_URL_ENV} (or --redis)"
         ) from None
 
 
