@@ -251,15 +251,32 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
     return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def _follow(url: str, ids: list[str], seen: dict[str, float]) -> None:
+async def _follow(url: str, namespace: str, ids: list[str], seen: dict[str, float]) -> None:
     from vsr_async.fleet import RedisFleet  # noqa: PLC0415
 
-    async with RedisFleet(url, "detect", api_key=KEY) as fleet:
+    async with RedisFleet(url, namespace, api_key=KEY) as fleet:
         await fleet.submit(ids, interval=DETECT_INTERVAL)
         async with fleet.follow(ids) as transitions:
             async for t in transitions:
                 if t.is_final:
                     seen[t.task_id] = time.monotonic()
+
+
+async def _waits(url: str, namespace: str, ids: list[str], seen: dict[str, float]) -> None:
+    """A web app's way: a `wait()` per task, all at once in one process (one shared read)."""
+    import anyio  # noqa: PLC0415
+
+    from vsr_async.fleet import RedisFleet  # noqa: PLC0415
+
+    async def wait(fleet: RedisFleet, task_id: str) -> None:
+        await fleet.wait(task_id, raise_on_failure=False)
+        seen[task_id] = time.monotonic()
+
+    async with RedisFleet(url, namespace, api_key=KEY) as fleet:
+        await fleet.submit(ids, interval=DETECT_INTERVAL)
+        async with anyio.create_task_group() as group:
+            for task_id in ids:
+                group.start_soon(wait, fleet, task_id)
 
 
 async def _watch(base_url: str, ids: list[str], seen: dict[str, float]) -> None:
@@ -274,13 +291,15 @@ async def _watch(base_url: str, ids: list[str], seen: dict[str, float]) -> None:
 
 def detection(args: argparse.Namespace, redis: _Redis) -> dict[str, tuple[float, float]]:
     """Seconds from a task's end (on the server) to its final transition in a follower, through
-    the fleet (2 workers), and in one process's `client.watch` for comparison."""
+    the fleet (2 workers; one follower of every task, or a `wait()` per task), and in one
+    process's `client.watch` for comparison."""
     from tests.bench._fleet_server import finish_offsets  # noqa: PLC0415
 
     ids = [task_id(index) for index in range(args.detect)]
     offsets = finish_offsets(SEED, args.detect)
-    figures = {}
-    for how in ("through the fleet", "one process"):
+    figures: dict[str, tuple[float, float]] = {}
+    followers = {"through the fleet": _follow, "through the fleet, a wait() each": _waits}
+    for how in [*followers, "one process"]:
         t0 = time.monotonic() + LEAD
         server = FakeAPI(args.detect, workload="fleet", t0=t0, seed=SEED)
         workers: list[subprocess.Popen[str]] = []
@@ -289,9 +308,10 @@ def detection(args: argparse.Namespace, redis: _Redis) -> dict[str, tuple[float,
             if how == "one process":
                 asyncio.run(_watch(server.base_url, ids, seen))
             else:
+                namespace = f"detect{len(figures)}"
                 options = ["--interval", str(DETECT_INTERVAL)]
-                workers = [_worker(redis, server, "detect", *options) for _ in range(2)]
-                asyncio.run(_follow(redis.url, ids, seen))
+                workers = [_worker(redis, server, namespace, *options) for _ in range(2)]
+                asyncio.run(followers[how](redis.url, namespace, ids, seen))
         finally:
             _stop(workers)
             server.close()

@@ -308,7 +308,8 @@ class _Events:
 
     A web app's open ``follow()``s and ``wait()``s hold one blocking read of Redis between
     them, not one each: the first follower out of transitions reads for all, the others wait
-    for that read, and each event goes to the followers of its task. Events carry their
+    (each woken only when one of its tasks moves, or to read next), and each event goes to the
+    followers of its task. Events carry their
     ``seq``: one missing between two read means the capped stream trimmed it unread (or Redis
     lost its data, when ``seq`` goes back), and the followers that needed it reread the
     state hash.
@@ -319,7 +320,8 @@ class _Events:
         self._subscriptions: set[_Subscription] = set()
         self._by_task: dict[str, list[_Subscription]] = {}
         self._position: _Mark | None = None  # the last event read (None: no follower)
-        self._reading: anyio.Event | None = None  # set when the read under way is done
+        self._reading = False
+        self._waiting: dict[_Subscription, anyio.Event] = {}  # each set to wake it
         self._outage = Outage("following")
 
     async def join(self, subscription: _Subscription) -> None:
@@ -356,15 +358,29 @@ class _Events:
         next read of the stream, its own or another follower's."""
         if subscription.behind:
             await self._guarded(subscription.read_states)
-        elif self._reading is not None:
-            await self._reading.wait()
+        elif self._reading:
+            self._waiting[subscription] = woken = anyio.Event()
+            try:
+                await woken.wait()
+            except BaseException:  # (cancelled: its turn to read may have come)
+                del self._waiting[subscription]
+                self._hand_over()
+                raise
+            del self._waiting[subscription]
         else:
-            self._reading = done = anyio.Event()
+            self._reading = True
             try:
                 await self._guarded(self._read)
             finally:
-                self._reading = None
-                done.set()
+                self._reading = False
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """No one reads now: wake a waiting subscription with nothing new, to read next."""
+        for woken in self._waiting.values():
+            if not woken.is_set():
+                woken.set()
+                return
 
     async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -392,8 +408,13 @@ class _Events:
             for subscription in self._by_task.get(task_id, ()):
                 if mark.order > subscription.start.order:  # (else it started with it)
                     subscription.observe(task_id, data)
+                    if subscription.ready and subscription in self._waiting:
+                        self._waiting[subscription].set()
         if self._position is start:  # (not moved back meanwhile, for a follower starting)
             self._position = last
+        for subscription, woken in self._waiting.items():
+            if subscription.behind:  # (to reread its tasks' states)
+                woken.set()
 
     def _missed(self, before: int, after: int) -> None:
         """The events between ``seq`` ``before`` and ``after`` are gone: behind are the
