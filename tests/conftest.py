@@ -6,6 +6,7 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
+import vsr_async._rate
 import vsr_async._retry
 
 # The package's pytest11 plugin, loaded here rather than by its entry point (pyproject's addopts
@@ -29,6 +30,24 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VSR_BASE_URL", raising=False)
 
 
+class _FastForwardAnyio:
+    """`anyio` as `vsr_async._rate` sees it, with a clock that a `sleep` moves forward at
+    once."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(anyio, name)
+
+    def current_time(self) -> float:
+        return anyio.current_time() + self.skipped
+
+    async def sleep(self, delay: float) -> None:
+        self.skipped += delay
+        await checkpoint()
+
+
 class _RecordingAnyio:
     """`anyio` as `vsr_async._retry` sees it, with `sleep` recorded and instant."""
 
@@ -48,4 +67,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The delays the client slept before its retries (without really sleeping them)."""
     recorder = _RecordingAnyio()
     monkeypatch.setattr(vsr_async._retry, "anyio", recorder)
+    # The pause a Retry-After puts on the rate budget holds the retry as long again: skipped
+    # too, on a clock of the budget's that jumps over what it sleeps.
+    monkeypatch.setattr(vsr_async._rate, "anyio", _FastForwardAnyio())
     return recorder.delays

@@ -52,11 +52,9 @@ class RateBudget:
         clock: The time now, in seconds (`anyio.current_time` by default; tests pass a fake).
     """
 
-    def __init__(
-        self, limit: float | None, *, clock: Callable[[], float] = anyio.current_time
-    ) -> None:
+    def __init__(self, limit: float | None, *, clock: Callable[[], float] | None = None) -> None:
         self.limit = None if limit is None else check_rate("rate_limit", limit)
-        self._clock = clock
+        self._clock = anyio.current_time if clock is None else clock
         self._rate = math.inf if self.limit is None else self.limit
         self._tokens = self._capacity()
         self._updated: float | None = None  # (no clock before the event loop runs)
