@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from _helpers import BASE, MODEL, VIDEO, Script, fail, make_client, reply, task_reply
+from _helpers import BASE, MODEL, VIDEO, Script, fail, make_client, reply, serve, task_reply
 
 import vsr_async._retry
 from vsr_async import (
@@ -31,6 +31,7 @@ from vsr_async import (
 )
 from vsr_async._config import DEFAULT_MAX_RETRIES, MAX_RETRY_AFTER
 from vsr_async._retry import RetryPolicy, asks_to_slow_down, backoff_delay, is_transient
+from vsr_async.testing import Emulator, Faults
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -242,7 +243,7 @@ async def test_retries_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert "busy" in record.getMessage()
 
 
-# Retries of a create: only when the request never left.
+# Retries of a create: only when the request did nothing (it never left, or a 429 refused it).
 
 
 @pytest.mark.parametrize(
@@ -273,6 +274,55 @@ async def test_create_retries_only_unsent_requests(
 
 
 @pytest.mark.parametrize(
+    ("headers", "waited"),
+    [({"Retry-After": "2"}, [2.0, 2.0]), ({}, None)],
+    ids=["retry-after", "no-retry-after"],
+)
+async def test_create_retries_a_429(
+    headers: dict[str, str], waited: list[float] | None, sleeps: list[float]
+) -> None:
+    """A 429 refused the create, so nothing was created: it is sent again after the
+    server's ``Retry-After`` (else the usual backoff), as many times as ``max_retries``."""
+    refused = reply(429, {"message": "slow down"}, headers=headers)
+    script = Script(refused, refused, reply(200, {"id": "new-1"}))
+    task = await make_client(script).create_task(VIDEO, model=MODEL)
+    assert task.id == "new-1"
+    assert script.calls == 3
+    assert len(sleeps) == 2
+    if waited is not None:
+        assert sleeps == waited
+
+    script = Script(refused)
+    with pytest.raises(RateLimitError):
+        await make_client(script, max_retries=2).create_task(VIDEO, model=MODEL)
+    assert script.calls == 3
+
+
+async def test_create_does_not_wait_out_a_long_retry_after(sleeps: list[float]) -> None:
+    """A 429 whose ``Retry-After`` is past the cap (a quota window) is raised at once, with
+    ``retry_after`` set, as for any request."""
+    late = str(int(MAX_RETRY_AFTER) + 60)
+    script = Script(reply(429, headers={"Retry-After": late}), reply(200, {"id": "new-1"}))
+    with pytest.raises(RateLimitError) as info:
+        await make_client(script).create_task(VIDEO, model=MODEL)
+    assert info.value.retry_after == float(late)
+    assert script.calls == 1
+    assert sleeps == []
+
+
+async def test_creates_against_a_rate_limiting_server_all_succeed_once() -> None:
+    """Over a real socket, an emulator that answers 30% of requests 429: 30 creates all
+    succeed, and the emulator made exactly 30 tasks (a refused create made none)."""
+    emulator = Emulator(seed=3, faults=Faults(rate_limit_rate=0.3, retry_after=0.0))
+    async with serve(emulator, max_retries=20) as client:
+        tasks = [await client.create_task(VIDEO, model=MODEL) for _ in range(30)]
+    refused = [r for r in emulator.requests if r.method == "POST" and r.fault == "429"]
+    assert refused  # (the seed makes some)
+    assert len({task.id for task in tasks}) == 30
+    assert sorted(emulator.task_ids) == sorted(task.id for task in tasks)
+
+
+@pytest.mark.parametrize(
     ("failure", "error"),
     [
         pytest.param(fail(httpx.ReadTimeout), APITimeoutError, id="read-timeout"),
@@ -283,7 +333,6 @@ async def test_create_retries_only_unsent_requests(
         pytest.param(reply(500), ServerError, id="500"),
         pytest.param(reply(502), ServerError, id="502"),
         pytest.param(reply(503, headers={"Retry-After": "0"}), ServerError, id="503-retry-after"),
-        pytest.param(reply(429, headers={"Retry-After": "0"}), RateLimitError, id="429"),
         pytest.param(reply(408), APIStatusError, id="408"),
         pytest.param(reply(400, {"message": "bad model"}), BadRequestError, id="400"),
     ],

@@ -38,8 +38,16 @@ def is_transient(exc: VSRError) -> bool:
 
 
 def never_sent(exc: VSRError) -> bool:
-    """Whether the request failed before it left us: the only safe retry of a billed create."""
+    """Whether the request failed before it left us."""
     return isinstance(exc.__cause__, _NOT_SENT)
+
+
+def not_processed(exc: VSRError) -> bool:
+    """Whether a request that failed with ``exc`` did nothing on the server, so that sending it
+    again cannot do it twice: it never left us, or the server refused it with a 429. The only
+    safe retries of a billed create, which has no idempotency key: after a timeout, a dropped
+    connection or a 5xx, it may have been created."""
+    return never_sent(exc) or isinstance(exc, RateLimitError)
 
 
 #: httpx's errors raised before the request left us.

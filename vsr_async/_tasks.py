@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._converter import parse_task
 from ._errors import ResponseValidationError, mask
 from ._models import Model, Task, TaskStatus
-from ._retry import never_sent
+from ._retry import not_processed
 from ._validate import check_http_url, check_model, check_task_id
 
 if TYPE_CHECKING:
@@ -41,11 +41,11 @@ class Tasks:
 
     async def create(self, video_url: str, model: Model | str) -> Task:
         """Create a task (`AsyncVSRClient.create_task`): billed, so retried only when the
-        request never left."""
+        request did nothing (it never left, or a 429 refused it)."""
         check_http_url("video_url", video_url)
         body = {"model": check_model(model), "videoUrl": video_url}
         url = f"{self.session.base_url}/v1/super-resolution/videos"
-        content = await self.session.request("POST", url, json=body, retry_if=never_sent)
+        content = await self.session.request("POST", url, json=body, retry_if=not_processed)
         return self._parse(content, None, status=TaskStatus.QUEUED)
 
     def _parse(self, content: bytes, task_id: str | None, **defaults: Any) -> Task:
