@@ -102,7 +102,7 @@ def _certificate(directory: Path) -> tuple[str, str]:
         directory / "server.csr",
     )
     extensions = directory / "server.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    extensions.write_text("subjectAltName=IP:127.0.0.1\nauthorityKeyIdentifier=keyid,issuer\n")
     make_ca = "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-CA"
     make_key = "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1"
     sign = "x509 -req -days 2 -CAcreateserial"

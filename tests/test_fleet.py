@@ -387,7 +387,7 @@ async def test_a_follower_behind_the_capped_stream_still_sees_every_end(
     redis: RedisServer, namespace: str
 ) -> None:
     """The events stream is capped: a follower that stops reading while hundreds of events
-    are trimmed unread notices (the stream's first entry is past its place), rereads the
+    are trimmed unread notices (a ``seq`` missing between two events it reads), rereads the
     state hash, and still sees every task's end once."""
     emulator = request_driven()
     ids = [emulator.add_task(Timeline.completed(queued=200, processing=200)) for _ in range(150)]
@@ -448,8 +448,10 @@ async def test_followers_of_one_fleet_share_one_read_of_redis(
             group.start_soon(follow, task_id)
         await until(lambda: following[0] == len(ids))
         await until(lambda: _equals(_server_info(fleet, "blocked_clients"), 1))
-        await anyio.sleep(1.5)  # (a read's block, and more: time for any follower to read)
-        assert await _server_info(fleet, "blocked_clients") == 1
+        reads = await _server_info(fleet, "cmdstat_xread")
+        await anyio.sleep(2.5)  # (time for every follower to read, if each read for itself)
+        assert await _server_info(fleet, "blocked_clients") <= 1
+        assert await _server_info(fleet, "cmdstat_xread") - reads <= 5  # (each blocks 1 s)
         group.start_soon(fleet.serve, client)
         await until(lambda: len(ends) == len(ids))
         group.cancel_scope.cancel()
@@ -579,3 +581,31 @@ async def test_a_fleet_works_over_tls(tls_redis: RedisServer, namespace: str) ->
             ended = [t.task_id async for t in transitions if t.is_final]
         group.cancel_scope.cancel()
     assert sorted(ended) == sorted(ids)
+
+
+async def test_a_follower_that_stays_connected_goes_on_after_its_namespace_is_emptied(
+    redis: RedisServer, namespace: str
+) -> None:
+    """The namespace's keys vanish under a connected follower (a failover to an empty
+    replica, without a broken connection). Resubmitted, the task is numbered from 1 again by
+    a new worker, and ends at the number the follower saw last, all before the follower
+    reads again: it still sees the end, once."""
+    emulator = request_driven()
+    task_id = emulator.add_task(Timeline.completed(queued=5, processing=100))
+    async with serve(emulator) as client, fleet_of(redis, namespace) as fleet:
+        await fleet.submit([task_id], interval=0.01)
+        async with fleet.follow([task_id]) as transitions:
+            async with anyio.create_task_group() as group:  # a worker, until it is stopped
+                group.start_soon(fleet.serve, client)
+                seen = [await transitions.__anext__(), await transitions.__anext__()]
+                group.cancel_scope.cancel()
+            keys = await fleet.redis.keys(f"{{{namespace}}}:*")
+            await fleet.redis.delete(list(keys))
+            assert await fleet.submit([task_id], interval=0.01) == 1
+            async with anyio.create_task_group() as group:  # another, until the task ends
+                group.start_soon(fleet.serve, client)
+                await until(lambda: _state_is(fleet, task_id, "2 "))  # (processing, completed)
+                group.cancel_scope.cancel()
+            with anyio.fail_after(60):
+                seen += [t async for t in transitions]
+    assert [str(t.status) for t in seen] == ["queued", "processing", "completed"]

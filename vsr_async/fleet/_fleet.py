@@ -322,6 +322,8 @@ class _Events:
         self._position: _Mark | None = None  # the last event read (None: no follower)
         self._reading = False
         self._waiting: dict[_Subscription, anyio.Event] = {}  # each set to wake it
+        #: The ``seq`` of the last event read: a stream that now ends below it lost its data.
+        self.last_seq = 0
         self._outage = Outage("following")
 
     async def join(self, subscription: _Subscription) -> None:
@@ -356,23 +358,23 @@ class _Events:
     async def next(self, subscription: _Subscription) -> None:
         """Until more may be ready for ``subscription``: its resync if it is behind, else the
         next read of the stream, its own or another follower's."""
-        if subscription.behind:
-            await self._guarded(subscription.read_states)
-        elif self._reading:
-            self._waiting[subscription] = woken = anyio.Event()
-            try:
-                await woken.wait()
-            except BaseException:  # (cancelled: its turn to read may have come)
-                del self._waiting[subscription]
-                self._hand_over()
-                raise
-            del self._waiting[subscription]
-        else:
-            self._reading = True
-            try:
-                await self._guarded(self._read)
-            finally:
-                self._reading = False
+        try:
+            if subscription.behind:
+                await self._guarded(subscription.read_states)
+            elif self._reading:
+                self._waiting[subscription] = woken = anyio.Event()
+                try:
+                    await woken.wait()
+                finally:
+                    del self._waiting[subscription]
+            else:
+                self._reading = True
+                try:
+                    await self._guarded(self._read)
+                finally:
+                    self._reading = False
+        finally:
+            if not self._reading:  # (one woken to read may go back to its caller instead)
                 self._hand_over()
 
     def _hand_over(self) -> None:
@@ -404,6 +406,7 @@ class _Events:
             if mark.seq is not None and last.seq is not None and mark.seq != last.seq + 1:
                 self._missed(last.seq, mark.seq)
             last = mark
+            self.last_seq = self.last_seq if mark.seq is None else mark.seq
             task_id, data = str(entry.field_values["id"]), str(entry.field_values["data"])
             for subscription in self._by_task.get(task_id, ()):
                 if mark.order > subscription.start.order:  # (else it started with it)
@@ -421,7 +424,9 @@ class _Events:
         subscriptions that started before one of them (all if ``seq`` began again)."""
         for subscription in self._subscriptions:
             seq = subscription.start.seq
-            if after <= before or seq is None or seq < after - 1:
+            if after <= before:
+                subscription.behind = subscription.lost = True
+            elif seq is None or seq < after - 1:
                 subscription.behind = True
 
 
@@ -439,6 +444,7 @@ class _Subscription:
         #: needed are the ones after.
         self.start = _Mark.of(None)
         self.behind = False  # events needed are gone: read the state hash again
+        self.lost = False  # and Redis lost its data: the numbers begin again
         self.numbers: dict[str, int] = {}  # each task's last transition seen, by number
         self.gone: set[str] = set()  # tasks found no longer in the fleet (warned once)
 
@@ -451,8 +457,13 @@ class _Subscription:
         self.start = _Mark.of(last[0] if last else None)
         self.behind = False  # (until an event after the mark goes missing)
         self.events.start_at(self.start)
+        if (self.start.seq or 0) < self.events.last_seq:  # (the count went back)
+            self.lost = True
         ids = list(self.seen)
         states = await self._states(ids)
+        if self.lost:  # (the states read come after the loss: numbered from 1 again)
+            self.numbers.clear()
+            self.lost = False
         unknown = [task_id for task_id, data in zip(ids, states, strict=True) if data is None]
         if unknown and first:
             shown = ", ".join(map(repr, unknown[:3])) + (", ..." if len(unknown) > 3 else "")
@@ -464,9 +475,7 @@ class _Subscription:
             self._warn_gone(unknown)
         for task_id, data in zip(ids, states, strict=True):
             if data:
-                self.observe(task_id, data, again=not first)
-            else:  # (not seen yet: a number seen before was from before Redis lost its data)
-                self.numbers.pop(task_id, None)
+                self.observe(task_id, data)
 
     def _warn_gone(self, unknown: list[str]) -> None:
         """Tasks that the fleet no longer knows: Redis lost its data."""
@@ -491,17 +500,14 @@ class _Subscription:
             )
         return states
 
-    def observe(self, task_id: str, stored: str, *, again: bool = False) -> None:
-        """A task's transition, numbered: one older than the last seen is dropped, except
-        ``again`` (from the state hash, reread): there a lower number means that Redis lost
-        its data, and the numbering began again."""
+    def observe(self, task_id: str, stored: str) -> None:
+        """A task's transition, numbered: one not newer than the last seen is dropped."""
         if task_id not in self.seen:
             return
         number, _, data = stored.partition(" ")
         if not number.isdigit():  # (unnumbered: as the first fleets stored it)
             number, data = "0", stored
-        seen = self.numbers.get(task_id, 0)
-        if 0 < int(number) <= seen and not (again and int(number) < seen):
+        if 0 < int(number) <= self.numbers.get(task_id, 0):
             return  # seen already (in the state, read after this event was published)
         self.numbers[task_id] = int(number)
         previous = self.seen[task_id]
