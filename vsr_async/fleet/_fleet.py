@@ -309,10 +309,9 @@ class _Events:
     A web app's open ``follow()``s and ``wait()``s hold one blocking read of Redis between
     them, not one each: the first follower out of transitions reads for all, the others wait
     (each woken only when one of its tasks moves, or to read next), and each event goes to the
-    followers of its task. Events carry their
-    ``seq``: one missing between two read means the capped stream trimmed it unread (or Redis
-    lost its data, when ``seq`` goes back), and the followers that needed it reread the
-    state hash.
+    followers of its task. Events carry their ``seq``: one missing between two events read
+    means the capped stream trimmed it unread, and the followers that needed it reread the
+    state hash; one that goes back means Redis lost its data, and every follower rereads it.
     """
 
     def __init__(self, fleet: RedisFleet) -> None:
