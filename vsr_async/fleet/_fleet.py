@@ -228,7 +228,7 @@ class RedisFleet:
                 async for t in transitions:
                     print(t.task_id, t.previous, "->", t.status)
         """
-        return Follower(self, self._events, task_ids)
+        return Follower(self._events, task_ids)
 
     async def wait(
         self,
@@ -315,7 +315,7 @@ class _Events:
     """
 
     def __init__(self, fleet: RedisFleet) -> None:
-        self._fleet = fleet
+        self.fleet = fleet
         self._subscriptions: set[_Subscription] = set()
         self._by_task: dict[str, list[_Subscription]] = {}
         self._position: _Mark | None = None  # the last event read (None: no follower)
@@ -397,7 +397,7 @@ class _Events:
         start = self._position
         if start is None:
             return
-        redis, events = self._fleet.redis, self._fleet.keys.events
+        redis, events = self.fleet.redis, self.fleet.keys.events
         answer = await redis.xread({events: start.entry}, count=1000, block=_BLOCK_MS)
         last = start
         for entry in (answer or {}).get(events, ()):
@@ -410,8 +410,9 @@ class _Events:
             for subscription in self._by_task.get(task_id, ()):
                 if mark.order > subscription.start.order:  # (else it started with it)
                     subscription.observe(task_id, data)
-                    if subscription.ready and subscription in self._waiting:
-                        self._waiting[subscription].set()
+                    woken = self._waiting.get(subscription)
+                    if woken is not None and subscription.ready:
+                        woken.set()
         if self._position is start:  # (not moved back meanwhile, for a follower starting)
             self._position = last
         for subscription, woken in self._waiting.items():
@@ -433,8 +434,8 @@ class _Subscription:
     """What one follower knows of its tasks: each one's last status and number, the
     transitions ready for it, and where in the events stream it stands."""
 
-    def __init__(self, fleet: RedisFleet, events: _Events, task_ids: Iterable[str]) -> None:
-        self.fleet = fleet
+    def __init__(self, events: _Events, task_ids: Iterable[str]) -> None:
+        self.fleet = events.fleet
         self.events = events
         self.seen: dict[str, Any] = dict.fromkeys(check_task_id(t) for t in task_ids)
         self.ids = tuple(self.seen)
@@ -526,11 +527,11 @@ class _Subscription:
 class Follower:
     """Follows tasks through a fleet; made by `RedisFleet.follow`."""
 
-    def __init__(self, fleet: RedisFleet, events: _Events, task_ids: Iterable[str]) -> None:
+    def __init__(self, events: _Events, task_ids: Iterable[str]) -> None:
         if isinstance(task_ids, str):
             raise TypeError("task_ids must be an iterable of IDs, not one string")
         self._events = events
-        self._subscription = _Subscription(fleet, events, task_ids)
+        self._subscription = _Subscription(events, task_ids)
         self._started = False
 
     async def __aenter__(self) -> Follower:
