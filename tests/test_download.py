@@ -988,17 +988,19 @@ async def test_a_refused_redirect_is_quoted_without_its_query(tmp_path: Path) ->
 # -- the rate budget hears a storage host's answers
 
 
-async def test_a_storage_hosts_429_slows_the_whole_client(tmp_path: Path) -> None:
-    """A download spends the client's tokens and reports its answers: a 429 from the storage
-    host cuts the rate the client allows itself, as an API 429 would."""
-    answers = [answering(429, [], b""), answering(200, [(b"content-length", b"5")], b"video")]
+async def test_a_storage_hosts_429s_slow_the_whole_client(tmp_path: Path) -> None:
+    """A download spends the client's tokens and reports its answers: a storage host that
+    refuses every request for over a second (six 429s, 0.3 s apart) cuts the rate the client
+    allows itself, as an API's 429s would."""
+    refused = answering(429, [(b"retry-after", b"0.3")], b"")
+    answers = [*[refused] * 6, answering(200, [(b"content-length", b"5")], b"video")]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await answers.pop(0)(scope, receive, send)
 
     async with (
         EmulatorServer(asgi(app)) as storage,  # type: ignore[arg-type]
-        AsyncVSRClient(KEY, base_url=storage.url, rate_limit=100.0) as client,
+        AsyncVSRClient(KEY, base_url=storage.url, rate_limit=100.0, max_retries=6) as client,
     ):
         await client.download(f"{storage.url}/x.mp4", tmp_path / "x.mp4")
         assert client.current_rate is not None

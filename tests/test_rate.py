@@ -1,4 +1,5 @@
-"""The rate budget (``rate_limit=``): a token bucket shared by every request, AIMD on 429s.
+"""The rate budget (``rate_limit=``): a token bucket shared by every request, that learns the
+server's quota from its 429s.
 
 The arithmetic is checked on a fake clock; the rest over a real loopback socket, on what the
 server answered and the budget's own record of the tokens it gave and the rates it allowed:
@@ -26,10 +27,13 @@ import vsr_async._retry
 from vsr_async import AsyncVSRClient, Task, TaskStatus
 from vsr_async._config import (
     MAX_RETRY_AFTER,
+    PAUSE_RETRY_AFTER,
+    QUOTA_ANSWERS,
+    QUOTA_DECREASE,
+    QUOTA_FLOOR,
+    QUOTA_RECOVERY,
+    QUOTA_WINDOW,
     RATE_BURST,
-    RATE_DECREASE,
-    RATE_FLOOR,
-    RATE_RECOVERY,
 )
 from vsr_async._rate import RateBudget
 from vsr_async.testing import Emulator, Timeline
@@ -37,6 +41,8 @@ from vsr_async.testing import Emulator, Timeline
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
+
+    from _helpers import Seen
 
     from vsr_async import Watcher
 
@@ -158,73 +164,161 @@ def test_try_acquire_says_how_long_to_wait() -> None:
     assert budget.try_acquire() == pytest.approx(0.25)
     clock.now += 0.1
     assert budget.try_acquire() == pytest.approx(0.15)
-    budget.slow_down(sent_at=clock.now)  # 2/s: the missing 0.6 token takes 0.3 s
+    budget.set_limit(2.0)  # 2/s: the missing 0.6 token takes 0.3 s
     assert budget.try_acquire() == pytest.approx(0.3)
     clock.now += 0.3
     assert budget.try_acquire() == 0
 
 
-def test_aimd_cuts_once_per_round_and_creeps_back() -> None:
-    """A 429 halves the rate; a 429 to a request that left before the cut does not cut it
-    again; the floor holds; successes bring the budget back at RATE_RECOVERY of it per second
-    of traffic at the rate allowed."""
+def answer_window(
+    budget: RateBudget, clock: FakeClock, accepted: int, refused: int, seconds: float = 1.0
+) -> None:
+    """Requests sent and answered evenly over ``seconds``: ``refused`` of them 429s, spread
+    among the ``accepted`` ones."""
+    total, start = accepted + refused, clock.now
+    for index in range(total):
+        sent = clock.now
+        clock.now = start + seconds * (index + 1) / total
+        refuse = (index + 1) * refused // total > index * refused // total
+        budget.answered(sent, 429 if refuse else 200)
+
+
+def test_a_window_of_429s_cuts_to_the_rate_the_server_accepted() -> None:
+    """A second in which 60 of 100 requests were refused means the quota is about 40 a second:
+    the rate allowed becomes QUOTA_DECREASE of that, with or without a ceiling, and answers to
+    requests sent before the cut are not counted again."""
+    for limit in (None, 200.0):
+        clock = FakeClock()
+        budget = RateBudget(limit, clock=clock)
+        answer_window(budget, clock, accepted=40, refused=60)
+        assert budget.current == pytest.approx(QUOTA_DECREASE * 40, rel=0.03)
+        cut = budget.current
+        late = clock.now - 0.5  # sent before the cut, answered after: the old rate's news
+        for _ in range(100):
+            budget.answered(late, 429)
+        clock.now += QUOTA_WINDOW
+        budget.answered(late, 429)
+        assert budget.current == cut
+
+
+def test_scattered_429s_cut_nothing() -> None:
+    """A busy server's 429s, a few among many answers, are not a quota: no cut, and without a
+    rate_limit nothing waits for a token."""
     clock = FakeClock()
-    budget = RateBudget(40.0, clock=clock)
-    sent = clock.now
-    clock.now += 0.01
-    budget.answered(sent, 429)
-    assert budget.current == 40.0 * RATE_DECREASE
-    budget.answered(sent, 429)  # the same round: old news
-    assert budget.current == 40.0 * RATE_DECREASE
-    budget.answered(clock.now, 429)  # sent after the cut: cut again
-    assert budget.current == 40.0 * RATE_DECREASE**2
+    budget = RateBudget(None, clock=clock)
     for _ in range(20):
-        budget.slow_down(clock.now)
-        clock.now += 0.001
-    assert budget.current == 40.0 * RATE_FLOOR
-    budget.answered(clock.now, 404)  # neither a 429 nor a success: no news
-    assert budget.current == 40.0 * RATE_FLOOR
-    # Back up from one cut, with successes arriving at the rate allowed.
-    budget = RateBudget(40.0, clock=clock)
-    budget.slow_down(clock.now)
+        answer_window(budget, clock, accepted=95, refused=5)
+    assert budget.current is None
+    assert budget.try_acquire() == 0
+
+
+def test_a_server_refusing_everything_gets_a_probe_a_second() -> None:
+    """A window of nothing but 429s drops the rate to QUOTA_FLOOR; once the server accepts
+    again, each success climbs by QUOTA_RECOVERY of the highest rate it accepted, per second
+    at full speed, back to the ceiling, and then only the ceiling holds."""
+    clock = FakeClock()
+    budget = RateBudget(100.0, clock=clock)
+    answer_window(budget, clock, accepted=80, refused=0)  # the server accepted 80 a second
+    answer_window(budget, clock, accepted=0, refused=QUOTA_ANSWERS)
+    assert budget.current == QUOTA_FLOOR
+    assert budget.try_acquire() == 0  # the bucket's one token ...
+    assert budget.try_acquire() == pytest.approx(1 / QUOTA_FLOOR)  # ... then one a second
     elapsed = 0.0
-    while budget.current < 40.0:
-        elapsed += 1 / budget.current
+    while budget.current is not None and budget.current < 100.0:
+        elapsed += 1 / budget.current  # successes arriving at the rate allowed
         budget.answered(clock.now, 200)
-    expected = (1 - RATE_DECREASE) / RATE_RECOVERY  # seconds, at full traffic
-    assert expected * 0.8 <= elapsed <= expected * 1.2
+    expected = (100.0 - QUOTA_FLOOR) / (QUOTA_RECOVERY * 80)  # seconds, at full traffic
+    assert expected * 0.9 <= elapsed <= expected * 1.1
+    assert budget.current == 100.0
     budget.answered(clock.now, 200)
-    assert budget.current == 40.0  # never above the budget
+    assert budget.current == 100.0  # never above the ceiling
+    budget.answered(clock.now, 404)  # neither a 429 nor a success: no news
+    assert budget.current == 100.0
 
 
-def test_retry_after_pauses_every_token() -> None:
-    """A Retry-After stops all tokens until it has passed; one past MAX_RETRY_AFTER pauses
-    nothing (it is raised, not waited); on an answer other than a 429 it pauses without
-    cutting the rate."""
+class Quota:
+    """A server's limiter of ``rate`` requests a second: a leaky bucket holding ``burst``, or
+    a window of ``rate`` requests per whole second of the clock."""
+
+    def __init__(self, kind: str, rate: float, burst: float, now: float) -> None:
+        self.kind, self.rate, self.burst = kind, rate, burst
+        self.tokens, self.refilled = burst, now
+        self.second, self.used = math.floor(now), 0
+
+    def admits(self, now: float) -> bool:
+        if self.kind == "leaky bucket":
+            self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+            self.refilled = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
+        if math.floor(now) != self.second:
+            self.second, self.used = math.floor(now), 0
+        self.used += 1
+        return self.used <= self.rate
+
+
+@pytest.mark.parametrize("limiter", ["leaky bucket", "fixed window"])
+@pytest.mark.parametrize("limit", [None, 200.0], ids=["no rate_limit", "rate_limit 2x"])
+def test_the_budget_settles_under_a_quota(limiter: str, limit: float | None) -> None:
+    """Against a server's quota of 100 a second (a leaky bucket with a burst of 5, or a
+    fixed window of one second), ten connections that always have a poll to send settle, past
+    the first 10 s, at 90% of the quota or more with at most 5% of their requests refused; as
+    shipped (no rate_limit) and with a rate_limit twice the quota. Simulated on a fake clock
+    (2 ms to the server, 2 ms back): the budget's arithmetic, not this machine's speed."""
+    clock = FakeClock()
+    start, end, half_trip = clock.now, clock.now + 60.0, 0.002
+    budget = RateBudget(limit, clock=clock)
+    quota = Quota(limiter, 100.0, 5.0, clock.now)
+    answered: list[tuple[float, int]] = []
+    # (when, connection, (sent at, status) of its answer due then, or None: ready to send)
+    events: list[tuple[float, int, tuple[float, int] | None]] = [
+        (clock.now, connection, None) for connection in range(10)
+    ]
+    while clock.now < end:
+        events.sort(key=lambda event: event[0])
+        clock.now, connection, answer = events.pop(0)
+        if answer is not None:
+            budget.answered(*answer)
+            events.append((clock.now, connection, None))
+        elif (wait := budget.try_acquire()) > 0:
+            events.append((clock.now + wait, connection, None))
+        else:
+            status = 200 if quota.admits(clock.now + half_trip) else 429
+            answered.append((clock.now, status))
+            events.append((clock.now + 2 * half_trip, connection, (clock.now, status)))
+    settled = [status for at, status in answered if at >= start + 10.0]
+    assert settled.count(200) / (end - start - 10.0) >= 0.9 * quota.rate
+    assert settled.count(429) / len(settled) <= 0.05
+
+
+def test_only_a_long_retry_after_pauses_every_token() -> None:
+    """A Retry-After shorter than PAUSE_RETRY_AFTER pauses nothing (its request waits it out
+    alone); one from PAUSE_RETRY_AFTER to MAX_RETRY_AFTER, on a 429 or any other error, stops
+    every token until it has passed; a longer one pauses nothing (it is raised, not waited);
+    a success's means nothing; and one 429 cuts no rate."""
     clock = FakeClock()
     budget = RateBudget(400.0, clock=clock)  # a bucket of 20, full
-    budget.answered(clock.now, 200, "5")  # a success's Retry-After means nothing
+    budget.answered(clock.now, 200, "30")
+    budget.answered(clock.now, 429, str(PAUSE_RETRY_AFTER - 1))
+    budget.answered(clock.now, 429, str(MAX_RETRY_AFTER + 1))
+    budget.answered(clock.now, 429, "not a number")
     assert budget.try_acquire() == 0
-    budget.answered(clock.now, 503, "0.5")
     assert budget.current == 400.0
-    assert budget.try_acquire() == pytest.approx(0.5)
-    clock.now += 0.5
+    budget.answered(clock.now, 503, str(PAUSE_RETRY_AFTER))
+    assert budget.try_acquire() == pytest.approx(PAUSE_RETRY_AFTER)
+    budget.answered(clock.now, 429, str(MAX_RETRY_AFTER))
+    assert budget.try_acquire() == pytest.approx(MAX_RETRY_AFTER)
+    clock.now += MAX_RETRY_AFTER
     assert budget.try_acquire() == 0
-    sent = clock.now
-    clock.now += 0.01
-    budget.answered(sent, 429, str(MAX_RETRY_AFTER + 1))
-    assert budget.current == 200.0
-    assert budget.try_acquire() == 0  # cut, not paused
-    budget.answered(sent, 429, str(MAX_RETRY_AFTER))
-    assert budget.try_acquire() == pytest.approx(MAX_RETRY_AFTER)
-    budget.answered(sent, 429, "not a number")  # same round: no cut, and no pause
-    assert budget.current == 200.0
-    assert budget.try_acquire() == pytest.approx(MAX_RETRY_AFTER)
+    assert budget.current == 400.0
 
 
 def test_a_clock_going_back_never_starves_the_bucket() -> None:
     """A clock that jumps back (a new event loop's) earns no tokens and owes none: the bucket
-    gives the next token at its rate, and a pause keeps only what it had left."""
+    gives the next token at its rate, a pause keeps only what it had left, and a window of
+    answers keeps its age."""
     clock = FakeClock()
     budget = RateBudget(4.0, clock=clock)  # a bucket of one, a token every 0.25 s
     assert budget.try_acquire() == 0
@@ -234,12 +328,13 @@ def test_a_clock_going_back_never_starves_the_bucket() -> None:
     clock.now += 2.0
     assert budget.try_acquire() == 0
     assert budget.try_acquire() == pytest.approx(0.25)
-    sent = clock.now
+    # A window of answers open when the clock jumps is judged over the time it was open.
+    budget = RateBudget(None, clock=clock)
+    answer_window(budget, clock, accepted=20, refused=20, seconds=0.5)  # too young to judge
     clock.now -= 1_000.0
-    budget.answered(sent, 429)  # a request of the old clock's: still news
-    assert budget.current == 4.0 * RATE_DECREASE
-    clock.now += 0.5
-    assert budget.try_acquire() == 0
+    answer_window(budget, clock, accepted=20, refused=20, seconds=0.6)  # 1.1 s in all
+    assert budget.current is not None
+    assert QUOTA_DECREASE * 40 / 1.1 <= budget.current <= QUOTA_DECREASE * 40
 
 
 class _OffsetLoop(asyncio.SelectorEventLoop):
@@ -443,72 +538,49 @@ async def test_polls_are_spread_fairly(count: int, interval: float) -> None:
     assert all(order.count(task_id) >= 6 for task_id in ids)
 
 
-async def test_429_halves_the_rate_then_it_creeps_back(
-    fast_backoff: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Three 429s in a row (no Retry-After) halve the rate allowed at least once (a 429 to a
-    request sent before the last cut is old news); in the half second after the cut, the
-    budget gives no more tokens than the cut rate earns; then each success raises the rate, a
-    step at a time, back to the budget. Decided on the budget's own record, and the watch runs
-    until the rate is back, however long this machine takes."""
-    monkeypatch.setattr(vsr_async._rate, "RATE_RECOVERY", 0.5)  # back in ~2 s, not ~10
-    rate, window = 40.0, 0.5
+async def test_a_429_delays_only_the_task_that_met_it() -> None:
+    """A 429 with a short Retry-After (2 s) holds back the task that met it, for that long,
+    and no other: every other task is polled three more times before it is polled again.
+    (The defect paused every poll of the client for the Retry-After.)"""
     emulator = Emulator()
-    ids = [emulator.add_task(FOREVER) for _ in range(30)]
-    limited = json_answer(429, {"message": "Too many requests"})
-    proxy = Proxy(emulator, lambda _task_id, n: limited if 21 <= n <= 23 else None)
-    async with serve(proxy, rate_limit=rate) as client:
-        log = BudgetLog(client)
+    ids = [emulator.add_task(FOREVER) for _ in range(20)]
+    limited = json_answer(429, {"message": "Too many requests"}, (b"retry-after", b"2"))
+    proxy = Proxy(emulator, lambda _task_id, n: limited if n == 25 else None)
 
-        def back_to_the_budget() -> bool:
-            learnt = [status for _, _, status, _ in log.answers]
-            return learnt.count(429) == 3 and client.current_rate == rate
+    def after_the_429() -> list[Seen]:
+        hits = [index for index, seen in enumerate(proxy.seen) if seen.status_code == 429]
+        return proxy.seen[hits[0] + 1 :] if hits else []
 
+    def retried() -> bool:
+        (hit,) = [s for s in proxy.seen if s.status_code == 429]
+        return any(seen.task_id == hit.task_id for seen in after_the_429())
+
+    async with serve(proxy) as client:
         with anyio.fail_after(60):
             async with (
                 client.watch(ids, interval=0.05) as watcher,
                 anyio.create_task_group() as group,
             ):
                 group.start_soon(drain, watcher)
-                await until(back_to_the_budget)
+                await until(lambda: bool(after_the_429()) and retried())
                 group.cancel_scope.cancel()
-    assert [s.status_code for s in proxy.seen].count(429) == 3
-    before = [rate, *log.rates]  # the rate allowed before each answer
-    cuts = []
-    for index, (_, _, status, after) in enumerate(log.answers):
-        if status == 429:
-            assert after in (before[index], before[index] * RATE_DECREASE)  # halved, or old news
-            if after < before[index]:
-                cuts.append(index)
-        else:
-            assert after >= before[index]  # nothing else cuts it
-    assert cuts
-    last_cut = cuts[-1]
-    cut_at, _, _, cut_rate = log.answers[last_cut]
-    assert cut_rate <= rate * RATE_DECREASE
-    # The half second after the cut: at most the bucket's one token and what the rate allowed
-    # over that time earns (the rate steps up at each success), with one for float rounding.
-    steps = [(at, allowed) for at, _, _, allowed in log.answers[last_cut:] if at < cut_at + window]
-    earned = sum(
-        allowed * (next_at - at)
-        for (at, allowed), (next_at, _) in itertools.pairwise([*steps, (cut_at + window, 0.0)])
-    )
-    given = [at for at in log.grants if cut_at <= at < cut_at + window]
-    assert len(given) <= 1 + earned + 1
-    # Then back, one success at a time: the rate never drops again, and the climb from a cut
-    # to the budget takes many successes, not one.
-    climb = log.answers[last_cut + 1 :]
-    rates = [allowed for *_, allowed in climb]
-    assert rates == sorted(rates)
-    assert rates[-1] == rate
-    assert sum(200 <= status < 300 for _, _, status, _ in climb) >= 20
+    (hit,) = [s for s in proxy.seen if s.status_code == 429]
+    later = after_the_429()
+    again = next(i for i, seen in enumerate(later) if seen.task_id == hit.task_id)
+    assert later[again].arrived >= hit.answered + 2.0
+    others = collections.Counter(seen.task_id for seen in later[:again])
+    assert set(others) == set(ids) - {hit.task_id}
+    assert min(others.values()) >= 3, others
+    assert client.current_rate is None  # one 429 among many answers: no quota learnt
 
 
-async def test_retry_after_holds_polls_queued_for_a_token() -> None:
-    """After a 429 with Retry-After, the polls already queued for a token wait it out too: the
-    budget gives no token until the pause has passed, so every request the server sees during
-    the pause had its token before the 429 came back, and the rate is cut once, not once per
-    queued poll; then the watch resumes."""
+async def test_a_long_retry_after_pauses_every_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Retry-After of PAUSE_RETRY_AFTER or more (here 0.5 s, for a short test) means the
+    server is closed to every request for that long: the polls already queued for a token
+    wait it out too. The budget gives no token until the pause has passed, so every request
+    the server sees during the pause had its token before the 429 came back; then the watch
+    resumes."""
+    monkeypatch.setattr(vsr_async._rate, "PAUSE_RETRY_AFTER", 0.5)
     rate, retry_after = 40.0, 0.5
     emulator = Emulator()
     ids = [emulator.add_task(FOREVER) for _ in range(20)]
@@ -546,9 +618,6 @@ async def test_retry_after_holds_polls_queued_for_a_token() -> None:
     assert hit.answered <= learnt_monotonic
     arrived_by_pause_end = [s for s in proxy.seen if s.arrived < hit.answered + retry_after]
     assert len(arrived_by_pause_end) <= len(granted_before)
-    # Cut once: the rate after the 429 is half the budget, and nothing cut it again.
-    assert min(log.rates) == rate * RATE_DECREASE
-    assert sum(s.arrived > hit.answered + retry_after for s in proxy.seen) >= 10  # resumed
 
 
 async def test_downloads_take_a_token_per_request(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from vsr_async import (
     VSRError,
 )
 from vsr_async._config import DEFAULT_MAX_RETRIES, MAX_RETRY_AFTER
-from vsr_async._retry import RetryPolicy, asks_to_slow_down, backoff_delay, is_transient
+from vsr_async._retry import RetryPolicy, backoff_delay, is_transient
 from vsr_async.testing import Emulator, Faults
 
 if TYPE_CHECKING:
@@ -57,14 +57,6 @@ def test_is_transient() -> None:
     assert is_transient(APITimeoutError("x"))
     assert not is_transient(ResponseValidationError("x", snippet=""))
     assert not is_transient(TaskFailedError(Task(id="t", status=TaskStatus.FAILED)))
-
-
-def test_asks_to_slow_down() -> None:
-    """A 429, or any status error with a Retry-After, asks every poller to pause."""
-    assert asks_to_slow_down(RateLimitError("x", status_code=429))
-    assert asks_to_slow_down(ServerError("x", status_code=503, retry_after=1.0))
-    assert not asks_to_slow_down(ServerError("x", status_code=503))
-    assert not asks_to_slow_down(APIConnectionError("x"))
 
 
 def test_backoff_is_capped_exponential_with_full_jitter(monkeypatch: pytest.MonkeyPatch) -> None:

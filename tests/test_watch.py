@@ -29,6 +29,7 @@ from _helpers import (
     still_polling,
 )
 
+import vsr_async._rate
 import vsr_async._retry
 import vsr_async._scheduler
 from vsr_async import (
@@ -463,13 +464,17 @@ async def test_undecodable_body_is_transient(fast_backoff: None) -> None:
     assert any(count >= 2 for count in polls.values())  # garbage was served
 
 
-# 6. A 429 pauses the whole watcher.
+# 6. A long Retry-After pauses the whole watcher.
 
 
 @pytest.mark.parametrize("max_concurrency", [1, 5])
-async def test_rate_limit_pauses_every_poller(max_concurrency: int) -> None:
-    """After a 429 with Retry-After, no poll of any task reaches the server until it has
-    passed (beyond the ones already in flight); then the watch resumes and completes."""
+async def test_a_long_retry_after_pauses_every_poller(
+    max_concurrency: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a 429 with a Retry-After of PAUSE_RETRY_AFTER or more (0.5 s here, for a short
+    test), no poll of any task reaches the server until it has passed (beyond the ones already
+    in flight); then the watch resumes and completes."""
+    monkeypatch.setattr(vsr_async._rate, "PAUSE_RETRY_AFTER", 0.5)
     retry_after = 0.5
     emulator = request_driven(timeline=Timeline.completed(queued=40, processing=40))
     ids = [emulator.add_task() for _ in range(20)]

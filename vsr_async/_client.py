@@ -81,8 +81,9 @@ class AsyncVSRClient:
             ``"aiohttp"``, a cheaper transport for asyncio only, from the ``aiohttp`` extra
             (``pip install 'vsr-async[aiohttp]'``). Not with ``http_client``.
         rate_limit: Requests per second, shared by everything the client sends (polls,
-            queries, creates, downloads); ``None`` (the default) sets no budget. A 429 halves
-            it for a while (see `current_rate`).
+            queries, creates, downloads): a ceiling. With it or without (``None``, the
+            default), the client learns the server's quota from its 429s and keeps under it
+            (see `current_rate`).
     """
 
     def __init__(
@@ -137,8 +138,8 @@ class AsyncVSRClient:
 
     @property
     def current_rate(self) -> float | None:
-        """The requests per second allowed now: ``rate_limit``, or less after 429s; ``None``
-        without a ``rate_limit``."""
+        """The requests per second allowed now: ``rate_limit``, or less once 429s taught the
+        server's quota; ``None`` while there is neither."""
         return self._session.budget.current
 
     def __repr__(self) -> str:

@@ -63,12 +63,34 @@ RATE_WINDOW = 5.0
 #: A rate budget's bucket holds this many seconds of its rate (at least one request): in any
 #: ``T`` seconds at most ``rate * T + max(1, rate * RATE_BURST)`` requests leave.
 RATE_BURST = 0.05
-#: On a 429 the allowed rate is multiplied by this (once per round of requests) ...
+#: The fleet's shared budget (`vsr_async.fleet`): on 429s its rate is multiplied by this (once
+#: per round of requests) ...
 RATE_DECREASE = 0.5
 #: ... but never below this share of ``rate_limit`` ...
 RATE_FLOOR = 0.05
 #: ... and climbs back by this share of ``rate_limit`` per second of successful requests.
 RATE_RECOVERY = 0.1
+
+#: A client learns the server's quota from its 429s, a window of answers at a time: one closes
+#: after this many seconds ...
+QUOTA_WINDOW = 1.0
+#: ... and at least this many answers (to requests sent after it opened), or as few as
+#: `QUOTA_REFUSALS` 429s if they are `QUOTA_REFUSED` of its answers or more.
+QUOTA_ANSWERS = 50
+QUOTA_REFUSALS = 5
+#: A window with at least this share of 429s means the client asks more than the quota: a few
+#: 429s among many answers (a busy server's) cut nothing.
+QUOTA_REFUSED = 0.1
+#: Then the rate allowed becomes this share of the rate the server accepted in that window ...
+QUOTA_DECREASE = 0.85
+#: ... never below this many requests per second ...
+QUOTA_FLOOR = 1.0
+#: ... and climbs back by this share of the highest rate the server accepted, per second of
+#: successful requests.
+QUOTA_RECOVERY = 0.05
+#: A ``Retry-After`` this long or longer (a quota window, not a moment's overload) stops every
+#: request of the client until it has passed; a shorter one delays only the request that met it.
+PAUSE_RETRY_AFTER = 5.0
 
 #: The transport under the ``httpx.AsyncClient`` we create: httpx's own (asyncio and trio), or
 #: ``"aiohttp"`` (asyncio only, from the ``aiohttp`` extra).

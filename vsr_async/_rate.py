@@ -1,23 +1,31 @@
-"""The client's rate budget: a token bucket shared by every request, with AIMD on 429s.
-
-Without a ``rate_limit`` there is no bucket, but the server's pauses below still hold.
+"""The client's rate budget: a token bucket shared by every request, that learns the server's
+quota from its 429s.
 
 Requests take a token each, in the order they asked (a FIFO lock): a watch hands its oldest
 due task to the next free worker, so the budget is spread over the tasks in turn. The bucket
 holds ``max(1, rate * RATE_BURST)`` tokens, so any ``T`` seconds see at most
 ``rate * T + max(1, rate * RATE_BURST)`` requests.
 
-The rate allowed now starts at the budget. A 429 multiplies it by `RATE_DECREASE` (not below
-`RATE_FLOOR` of the budget), once per round: a 429 to a request sent before the last cut is
-news of the old rate, not a reason to cut again. Each success adds back
-``RATE_RECOVERY * budget / rate``: at full speed that is `RATE_RECOVERY` of the budget per
-second, and only traffic that went through can raise it.
+The rate allowed now is the lower of the ``rate_limit`` (a ceiling, none by default) and the
+rate the server's 429s taught (none until they teach one): AIMD, with the server's quota as
+its measure. The budget counts answers in windows, each counting only the answers to requests
+sent after it opened (one sent before is news of the rate before). A window is judged once it
+is `QUOTA_WINDOW` seconds old and holds `QUOTA_ANSWERS` answers, or `QUOTA_REFUSALS` 429s
+that are `QUOTA_REFUSED` of its answers or more. If its 429s are that many, the client asks
+for more than the server's quota, and the rate allowed becomes `QUOTA_DECREASE` of the rate
+the server accepted over the window: of the quota, measured. If every answer was a 429, that
+is `QUOTA_FLOOR`, a probe a second until one goes through. A few 429s among many answers (a
+busy server's, not a quota's) cut nothing. Each success then adds ``QUOTA_RECOVERY * peak /
+rate``, ``peak`` the highest rate the server was seen to accept: at full speed the rate climbs
+by `QUOTA_RECOVERY` of it per second, probing for more (only traffic that went through can
+raise it), and once past the ``rate_limit`` only the ceiling is left.
 
-A ``Retry-After`` (on a 429 or any other error) also stops every token until it has passed:
-requests already queued for a token would otherwise leave during the server's pause, each get
-a 429, and cut the rate again and again. One longer than `MAX_RETRY_AFTER` pauses nothing: the
-request that met it raises its error (so does every other that meets it), for the caller to
-decide, instead of every request of the client stalling silently.
+A 429 delays only the request that met it: its caller retries after the ``Retry-After``, or
+backoff. The budget stops every token only for a ``Retry-After`` (on a 429 or any other
+error) of `PAUSE_RETRY_AFTER` seconds or more: a quota window, not a moment's overload. One
+longer than `MAX_RETRY_AFTER` pauses nothing: the request that met it raises its error (so
+does every other that meets it), for the caller to decide, instead of every request of the
+client stalling silently.
 
 The budget reads its clock in one place, `_refill`. A clock that goes back (one client used
 from successive ``trio.run()`` calls, each with its own clock) moves every stored time back with
@@ -31,7 +39,18 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._config import MAX_RETRY_AFTER, RATE_BURST, RATE_DECREASE, RATE_FLOOR, RATE_RECOVERY
+from ._config import (
+    MAX_RETRY_AFTER,
+    PAUSE_RETRY_AFTER,
+    QUOTA_ANSWERS,
+    QUOTA_DECREASE,
+    QUOTA_FLOOR,
+    QUOTA_RECOVERY,
+    QUOTA_REFUSALS,
+    QUOTA_REFUSED,
+    QUOTA_WINDOW,
+    RATE_BURST,
+)
 from ._errors import parse_retry_after
 from ._validate import check_rate
 
@@ -42,52 +61,60 @@ if TYPE_CHECKING:
 _ROUNDING = 1e-9
 #: The longest a waiter sleeps before it looks again: a new limit holds within this long.
 _RECHECK = 0.5
+#: A window this many times `QUOTA_WINDOW` old without enough answers to judge is dropped: too
+#: sparse to learn a quota from, and its idle time would count as the quota's.
+_STALE_WINDOWS = 10
 
 
 class RateBudget:
-    """At most ``limit`` requests per second, less after 429s (see the module docstring).
+    """At most ``limit`` requests per second, less while the server's 429s say so (see the
+    module docstring).
 
     Args:
-        limit: The budget, requests per second; ``None`` for no budget, only pauses.
+        limit: The ceiling, requests per second; ``None`` for none: only what the server's
+            429s teach, and its pauses.
         clock: The time now, in seconds (`anyio.current_time` by default; tests pass a fake).
     """
 
     def __init__(self, limit: float | None, *, clock: Callable[[], float] | None = None) -> None:
         self.limit = None if limit is None else check_rate("rate_limit", limit)
         self._clock = anyio.current_time if clock is None else clock
-        self._rate = math.inf if self.limit is None else self.limit
+        self._learnt = math.inf  # the rate the 429s taught (inf: none)
+        self._peak = 0.0  # the highest rate the server was seen to accept: sets the climb
+        self._rate = self._allowed()
         self._tokens = self._capacity()
         self._updated: float | None = None  # (no clock before the event loop runs)
-        self._cut_at = -math.inf  # when the rate was last cut
-        self._not_before = -math.inf  # no token before then: the server's Retry-After
+        self._not_before = -math.inf  # no token before then: the server's pause
+        # The current window: requests sent from `_opened` on, their answers and 429s.
+        self._opened: float | None = None  # (opens at the first request answered)
+        self._answers = self._refused = 0
         self._lock = anyio.Lock()  # waiters are served first come, first served
 
     def __repr__(self) -> str:
-        if self.limit is None:
+        if self._rate == math.inf:
             return "<RateBudget unlimited>"
-        return f"<RateBudget {self._rate:g}/{self.limit:g} per second>"
+        return f"<RateBudget {self._rate:g} per second (rate_limit={self.limit})>"
 
     @property
     def current(self) -> float | None:
-        """The rate allowed now, requests per second (``None`` without a budget)."""
-        return None if self.limit is None else self._rate
+        """The rate allowed now, requests per second (``None``: no limit, none learnt)."""
+        return None if self._rate == math.inf else self._rate
 
     def set_limit(self, limit: float | None) -> None:
-        """A new budget (``None``: none): the rate allowed now becomes it, tokens earned so far
-        at the old rate are kept up to the new bucket's size."""
+        """A new ceiling (``None``: none); what the 429s taught still holds below it. Tokens
+        earned so far at the old rate are kept up to the new bucket's size."""
         if self._updated is not None:  # (not before the event loop runs: nothing earned yet)
             self._refill()
         self.limit = None if limit is None else check_rate("rate_limit", limit)
-        self._rate = math.inf if self.limit is None else self.limit
-        self._tokens = min(self._tokens, self._capacity())
+        self._set_rate()
 
     def paused_for(self) -> float:
         """Seconds until the server's pause ends (0 when there is none)."""
         return max(0.0, self._not_before - self._refill())
 
     async def acquire(self) -> float:
-        """Wait for a token and take it; return the time it was taken (for `slow_down`)."""
-        if self.limit is None and (now := self._refill()) >= self._not_before:
+        """Wait for a token and take it; return the time it was taken (for `answered`)."""
+        if self._rate == math.inf and (now := self._refill()) >= self._not_before:
             return now  # nothing to wait for: no queue either
         async with self._lock:
             while (wait := self.try_acquire()) > 0:  # noqa: ASYNC110 (the wait is known)
@@ -103,7 +130,7 @@ class RateBudget:
         now = self._refill()
         if now < self._not_before:
             return self._not_before - now
-        if self.limit is None:
+        if self._rate == math.inf:
             return 0.0
         if self._tokens >= 1 - _ROUNDING:  # (a sleep computed to the token can fall short of it)
             self._tokens = max(self._tokens - 1, 0.0)
@@ -111,38 +138,69 @@ class RateBudget:
         return (1 - self._tokens) / self._rate
 
     def answered(self, sent_at: float, status_code: int, retry_after: str | None = None) -> None:
-        """Learn from the answer to a request taken at ``sent_at``: a 429 cuts the rate, a
-        success raises it, an error's ``Retry-After`` header (its raw value) pauses every
-        token."""
+        """Learn from the answer to a request taken at ``sent_at``: its status code, and for
+        an error, its ``Retry-After`` header (the raw value)."""
+        now = self._refill()
+        refused = status_code == 429
+        self._count(sent_at, now, refused=refused)
         if 200 <= status_code < 300:
-            self.succeeded()
+            self._succeeded()
             return
-        if status_code == 429:
-            self.slow_down(sent_at)
         pause = parse_retry_after(retry_after)
-        if pause is not None and pause <= MAX_RETRY_AFTER:  # a longer one is raised, not waited
-            self.pause(pause)
+        if pause is not None and PAUSE_RETRY_AFTER <= pause <= MAX_RETRY_AFTER:
+            self.pause(pause)  # (a longer one is raised to the caller, not waited)
 
     def pause(self, seconds: float) -> None:
-        """Give out no token for ``seconds`` (at most `MAX_RETRY_AFTER`) from now."""
+        """Give out no token for ``seconds`` (at most `MAX_RETRY_AFTER`) from now.
+
+        The window starts over when the pause ends: a quota is measured over time spent
+        sending, not paused."""
         until = self._refill() + min(seconds, MAX_RETRY_AFTER)
         self._not_before = max(self._not_before, until)
+        self._opened, self._answers, self._refused = self._not_before, 0, 0
 
-    def slow_down(self, sent_at: float) -> None:
-        """A request taken at ``sent_at`` got a 429: cut the rate, unless it was already cut
-        after that request left."""
-        now = self._refill()
-        if self.limit is None or sent_at < self._cut_at:
+    def _count(self, sent_at: float, now: float, *, refused: bool) -> None:
+        """Add an answer to the window; close the window once it has enough to judge."""
+        if self._opened is None:
+            self._opened = sent_at
+        if sent_at < self._opened:
+            return  # sent before the window opened: news of the rate before
+        self._answers += 1
+        self._refused += refused
+        age = now - self._opened
+        if age < QUOTA_WINDOW:
             return
-        self._cut_at = now
-        self._rate = max(self._rate * RATE_DECREASE, self.limit * RATE_FLOOR)
-        self._tokens = min(self._tokens, self._capacity())
+        refusing = self._refused >= max(QUOTA_REFUSALS, QUOTA_REFUSED * self._answers)
+        if refusing or self._answers >= QUOTA_ANSWERS:
+            self._judge(age)
+        elif age < _STALE_WINDOWS * QUOTA_WINDOW:
+            return
+        self._opened, self._answers, self._refused = now, 0, 0
 
-    def succeeded(self) -> None:
-        """A request went through: let the rate creep back toward the budget."""
-        if self.limit is not None and self._rate < self.limit:
-            self._refill()
-            self._rate = min(self.limit, self._rate + RATE_RECOVERY * self.limit / self._rate)
+    def _judge(self, age: float) -> None:
+        """Cut the rate if the window's 429s say the client asks for more than the quota."""
+        accepted = (self._answers - self._refused) / age
+        self._peak = max(self._peak, accepted)
+        if self._refused >= QUOTA_REFUSED * self._answers:
+            # (Every answer a 429: the floor, a probe a second, until one goes through.)
+            self._learnt = max(QUOTA_FLOOR, min(QUOTA_DECREASE * accepted, self._learnt))
+            self._set_rate()
+
+    def _succeeded(self) -> None:
+        """A request went through: the learnt rate climbs."""
+        if self._learnt < math.inf:
+            step = QUOTA_RECOVERY * max(self._peak, QUOTA_FLOOR)
+            self._learnt += step / self._learnt
+            if self.limit is not None and self._learnt >= self.limit:
+                self._learnt = math.inf  # back to the ceiling
+            self._set_rate()
+
+    def _allowed(self) -> float:
+        return self._learnt if self.limit is None else min(self.limit, self._learnt)
+
+    def _set_rate(self) -> None:
+        self._rate = self._allowed()
+        self._tokens = min(self._tokens, self._capacity())
 
     def _capacity(self) -> float:
         return max(1.0, self._rate * RATE_BURST)
@@ -155,9 +213,10 @@ class RateBudget:
             elapsed = now - self._updated
             if elapsed < 0:  # another clock: keep every time relative to the last look
                 self._not_before += elapsed
-                self._cut_at += elapsed
+                if self._opened is not None:
+                    self._opened += elapsed
                 elapsed = 0.0
-            if self.limit is not None:
+            if self._rate < math.inf:
                 self._tokens = min(self._capacity(), self._tokens + elapsed * self._rate)
         self._updated = now
         return now

@@ -54,13 +54,6 @@ def not_processed(exc: VSRError) -> bool:
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def asks_to_slow_down(exc: VSRError) -> bool:
-    """Whether the server asked every client to pause (a 429, or any ``Retry-After``)."""
-    return isinstance(exc, RateLimitError) or (
-        isinstance(exc, APIStatusError) and exc.retry_after is not None
-    )
-
-
 def backoff_delay(attempt: int) -> float:
     """The ``attempt``-th (from 0) capped exponential delay, with full jitter."""
     delays = backoff.expo(factor=BACKOFF_FACTOR, max_value=BACKOFF_MAX)

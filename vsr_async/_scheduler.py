@@ -11,8 +11,11 @@ A subscriber's ``timeout`` counts from the first poll of the task after it subsc
 task waiting behind thousands of others, or behind the rate budget, is never given up unasked),
 and it is the subscriber's alone: an entry of its own in the heap gives the task up for it when
 it comes, paused or not, while the others go on. When a task's last subscriber leaves, its
-record is dropped and a poll of it in flight is cancelled. A ``Retry-After`` pauses the session's
-rate budget, for every request of the client: the dispatcher holds due records until it ends.
+record is dropped and a poll of it in flight is cancelled. A poll answered 429 (or with a
+``Retry-After``) is polled again after its ``Retry-After`` or backoff, and no sooner than its
+interval; the session's rate budget learns from it. When the budget pauses every request of
+the client (a long ``Retry-After``, 429s in a row), the dispatcher holds due records until the
+pause ends.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ._errors import (
     VSRError,
     WaitTimeoutError,
 )
-from ._retry import asks_to_slow_down, backoff_delay, is_transient
+from ._retry import is_transient
 from ._validate import check_seconds
 
 if TYPE_CHECKING:
@@ -152,7 +155,6 @@ class Scheduler:
         self._due: list[tuple[float, int, _Record | _Expiry, int]] = []
         self._subscriptions = 0  # (subscriber, task) pairs: each has at most one live _Expiry
         self._order = itertools.count()  # ties in the heap go to the first scheduled
-        self._throttled = 0  # consecutive 429s / Retry-Afters, across all tasks
         self._warned_at = -math.inf  # when we last warned of polls failing again and again
         self._changed: anyio.Event | None = None
         self._in_flight = self._polls = self._retries = self._rate_limited = 0
@@ -262,7 +264,6 @@ class Scheduler:
             return
         previous = None if record.task is None else record.task.status
         record.task, record.failures, record.malformed = task, 0, 0
-        self._throttled = 0
         if previous is None or task.status.casefold() != previous.casefold():
             record.since = anyio.current_time()
         for subscriber in list(record.subscribers):
@@ -314,12 +315,6 @@ class Scheduler:
         self._retries += 1
         self._rate_limited += isinstance(exc, RateLimitError)
         delay = self._retry.delay(exc, record.failures)
-        if asks_to_slow_down(exc):
-            # The server asked us to slow down: every poller waits, and longer each time. (The
-            # session already paused the budget for a Retry-After; without one, we do.)
-            self._throttled += 1
-            if isinstance(exc, RateLimitError) and exc.retry_after is None:
-                self._budget.pause(backoff_delay(self._throttled))
         record.failures += 1
         if record.failures == WARN_AFTER_FAILURES and now >= self._warned_at + WARN_EVERY:
             # Debug lines are for one failure; a task failing again and again is worth a word
