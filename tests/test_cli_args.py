@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from vsr_async._cli import _app, _exits, _options, main
 from vsr_async._cli._ids import MAX_REPORTED, BadLinesError, Collected
 from vsr_async._validate import check_task_id
-from vsr_async.testing import Emulator, Timeline
+from vsr_async.testing import Emulator, Quota, Timeline
 
 # A port nothing listens on: these runs must fail before sending anything.
 NOWHERE = "http://127.0.0.1:9/kyyReactApiServer"
@@ -314,6 +314,62 @@ def test_emulator_and_demo_need_the_emulator_extra(
         result = runner.invoke(_app.cli, [command])
         assert result.exit_code == 2
         assert "pip install 'vsr-async[emulator]'" in result.stderr
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Emulator]:
+    """The emulators `vsr-async emulator` would serve, in a list instead of on a port."""
+    served: list[Emulator] = []
+    monkeypatch.setattr(_app, "run", lambda _backend, _serve, app, *_: served.append(app))
+    return served
+
+
+@pytest.mark.parametrize(
+    ("args", "quota"),
+    [
+        ([], None),
+        (["--quota", "20"], Quota(20, burst=1)),
+        (["--quota", "200"], Quota(200, burst=10)),
+        (
+            ["--quota", "200", "--quota-burst", "3", "--quota-no-retry-after"],
+            Quota(200, burst=3, retry_after=False),
+        ),
+    ],
+)
+def test_emulator_quota_options(
+    runner: CliRunner, served: list[Emulator], args: list[str], quota: Quota | None
+) -> None:
+    """`emulator --quota R [--quota-burst N] [--quota-no-retry-after]` serves an emulator with
+    that `Quota` (by default a burst of R/20, at least 1, and Retry-After); none without."""
+    result = runner.invoke(_app.cli, ["emulator", *args])
+    assert result.exit_code == 0, result.output
+    (emulator,) = served
+    assert emulator.quota == quota
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--quota-burst", "3"], "Error: --quota-burst needs --quota"),
+        (["--quota-no-retry-after"], "Error: --quota-no-retry-after needs --quota"),
+        (["--quota", "0"], "Invalid value for '--quota'"),
+        (["--quota", "nan"], "Invalid value for '--quota': nan is not a finite number"),
+        (["--quota", "inf"], "Invalid value for '--quota': inf is not a finite number"),
+        (["--quota", "soon"], "Invalid value for '--quota'"),
+        (["--quota", "5", "--quota-burst", "0.5"], "Invalid value for '--quota-burst'"),
+        (["--quota", "5", "--quota-burst", "inf"], "Invalid value for '--quota-burst'"),
+    ],
+)
+def test_emulator_quota_options_are_validated(
+    runner: CliRunner, served: list[Emulator], args: list[str], message: str
+) -> None:
+    """A quota that is not a finite rate > 0 with a burst >= 1, or a quota option without
+    --quota, is a usage error (exit 2) before anything is served."""
+    result = runner.invoke(_app.cli, ["emulator", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "emulator --help" in result.stderr  # click's usage error, pointing at the help
+    assert served == []
 
 
 def test_without_the_cli_extra_main_says_what_to_install(

@@ -28,6 +28,7 @@ from vsr_async.testing import (
     EmulatorServer,
     EmulatorStats,
     Faults,
+    Quota,
     RecordedRequest,
     Timeline,
 )
@@ -479,6 +480,198 @@ def test_faults_are_validated_when_changed():
     faults = Faults()
     with pytest.raises(ValueError, match="error_rate"):
         faults.error_rate = 3
+
+
+# -- the quota
+
+QUERY = "/v1/result/task_q"
+
+
+@pytest.fixture
+def limited(emulator: Emulator) -> Emulator:
+    """The emulator with a quota of 10 requests per second, 2 at once, and a task to query."""
+    emulator.quota = Quota(10, burst=2)
+    emulator.add_task(task_id="task_q")
+    return emulator
+
+
+async def codes_at(client: httpx.AsyncClient, clock: FakeClock, *times: float) -> list[int]:
+    """The status codes of queries of `QUERY` sent at each of `times` (seconds on `clock`)."""
+    codes = []
+    for elapsed in times:
+        clock.at(elapsed)
+        codes.append((await client.get(QUERY)).status_code)
+    return codes
+
+
+async def test_quota_admits_a_burst_then_rate_per_second(
+    client: httpx.AsyncClient, limited: Emulator, clock: FakeClock
+):
+    """Quota(10, burst=2): 2 requests at once pass, a 3rd gets 429 with `Retry-After: 1` (0.1 s,
+    rounded up); then one passes every 0.1 s, recorded as fault "quota" when refused."""
+    assert await codes_at(client, clock, 0, 0) == [200, 200]
+    refused = await client.get(QUERY)
+    assert refused.status_code == 429
+    assert refused.json() == {"message": "Too many requests"}
+    assert refused.headers["retry-after"] == "1"
+
+    codes = await codes_at(client, clock, 0.1, 0.1, 0.15, 0.2, 0.3, 0.3)
+    assert codes == [200, 429, 429, 200, 200, 429]
+    assert limited.stats.faults == {"quota": 4}
+    assert [r.fault for r in limited.requests if r.status_code == 429] == ["quota"] * 4
+
+
+async def test_a_refused_request_uses_no_capacity(
+    client: httpx.AsyncClient, limited: Emulator, clock: FakeClock
+):
+    """After 50 requests refused at once, the next one 0.1 s later passes all the same."""
+    assert (await codes_at(client, clock, *[0] * 52)).count(200) == 2
+    assert await codes_at(client, clock, 0.1, 0.2) == [200, 200]
+
+
+@pytest.mark.parametrize(("rate", "burst", "seconds"), [(10, 2, 1), (4, 1, 3), (50, 5, 0.5)])
+async def test_steady_overload_passes_rate_times_seconds_plus_burst(
+    limited: Emulator, clock: FakeClock, rate: int, burst: int, seconds: float
+):
+    """A request every 10 ms from 0 to T s, twice the rate or more: exactly R·T + burst pass."""
+    limited.quota = Quota(rate, burst=burst)
+    times = [n / 100 for n in range(round(seconds * 100) + 1)]
+    async with in_process(limited) as client:
+        codes = await codes_at(client, clock, *times)
+    assert codes.count(200) == rate * seconds + burst
+    assert codes.count(429) == len(codes) - codes.count(200)
+
+
+async def test_retry_after_is_the_wait_rounded_up_to_whole_seconds(
+    client: httpx.AsyncClient, limited: Emulator, clock: FakeClock
+):
+    """At one request per 2 s, a request 0, 0.5, 0.8, 1 and 1.5 s after the first would pass 2,
+    1.5, 1.2, 1 and 0.5 s later: `Retry-After` 2, 2, 2, 1, 1. At 2 s it passes."""
+    limited.quota = Quota(0.5, burst=1)
+    assert await codes_at(client, clock, 0) == [200]
+    waits = []
+    for elapsed in (0, 0.5, 0.8, 1, 1.5):
+        clock.at(elapsed)
+        waits.append((await client.get(QUERY)).headers["retry-after"])
+    assert waits == ["2", "2", "2", "1", "1"]
+    assert await codes_at(client, clock, 2) == [200]
+
+
+async def test_quota_without_retry_after_sends_no_header(
+    client: httpx.AsyncClient, limited: Emulator, clock: FakeClock
+):
+    """`retry_after=False`: the 429 carries no `Retry-After`, as a CDN's limiter may send it."""
+    limited.quota = Quota(10, burst=1, retry_after=False)
+    await codes_at(client, clock, 0)
+    refused = await client.get(QUERY)
+    assert refused.status_code == 429
+    assert refused.json() == {"message": "Too many requests"}
+    assert "retry-after" not in refused.headers
+
+
+async def test_files_and_stats_are_never_limited(
+    client: httpx.AsyncClient, emulator: Emulator, clock: FakeClock
+):
+    """/files and /_emulator/stats are neither refused nor counted against the quota."""
+    emulator.quota = Quota(1, burst=1)
+    task_id = emulator.add_task(Timeline.completed(queued=0, processing=0))
+    files = [await client.get(f"http://emulator.test/files/{task_id}.mp4") for _ in range(5)]
+    stats = [await client.get("http://emulator.test/_emulator/stats") for _ in range(3)]
+    queries = [await client.get(f"/v1/result/{task_id}") for _ in range(2)]
+
+    assert [r.status_code for r in files + stats] == [200] * 8
+    assert [r.status_code for r in queries] == [200, 429]
+
+
+async def test_the_quota_refuses_before_faults_routing_and_auth(
+    client: httpx.AsyncClient, emulator: Emulator
+):
+    """Over the quota a create creates nothing, and a request without the key, to an unknown
+    path, or that a fault would have hit, gets the 429 too: the limiter stands in front."""
+    emulator.quota = Quota(1, burst=1)
+    await create(client)
+    emulator.faults = Faults(error_rate=1.0)
+    refused = [await client.post(CREATE, json={"model": MODEL, "videoUrl": VIDEO_URL})]
+    refused.append(await client.get("/nowhere"))
+    async with in_process(emulator, headers={}) as anonymous:
+        refused.append(await anonymous.get("/v1/result/task_1"))
+
+    assert [r.status_code for r in refused] == [429, 429, 429]
+    assert len(emulator.task_ids) == 1
+    assert emulator.stats.faults == {"quota": 3}
+
+
+async def test_an_admitted_request_may_still_be_faulted(
+    client: httpx.AsyncClient, limited: Emulator
+):
+    """Faults are drawn for the requests the quota admits: each is counted once, as one kind."""
+    limited.faults = Faults(error_rate=1.0)
+    codes = [(await client.get(QUERY)).status_code for _ in range(3)]
+    assert [code // 100 for code in codes[:2]] == [5, 5]
+    assert codes[2] == 429
+    assert limited.stats.faults == {"5xx": 2, "quota": 1}
+
+
+async def test_quota_can_be_swapped_at_run_time(
+    client: httpx.AsyncClient, limited: Emulator, clock: FakeClock
+):
+    """Setting `emulator.quota` takes effect from the next request; a new quota (even an equal
+    one) starts with its full burst, and `None` lifts it."""
+    assert await codes_at(client, clock, 0, 0, 0) == [200, 200, 429]
+    limited.quota = Quota(10, burst=2)
+    assert await codes_at(client, clock, 0, 0, 0) == [200, 200, 429]
+    limited.quota = None
+    assert await codes_at(client, clock, *[0] * 5) == [200] * 5
+    limited.quota = Quota(10, burst=3)
+    assert await codes_at(client, clock, 0, 0, 0, 0) == [200, 200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"rate": 0}, "rate"),
+        ({"rate": -1}, "rate"),
+        ({"rate": float("nan")}, "rate"),
+        ({"rate": float("inf")}, "rate"),
+        ({"rate": 10, "burst": 0.5}, "burst"),
+        ({"rate": 10, "burst": float("nan")}, "burst"),
+    ],
+)
+def test_quota_is_validated(kwargs: dict[str, Any], field: str):
+    """A rate not finite and > 0, or a burst under 1, raises a ValueError naming the field."""
+    with pytest.raises(ValueError, match=f"'{field}' must be"):
+        Quota(**kwargs)
+
+
+def test_quota_default_burst_is_50_ms_of_requests_at_least_1():
+    """The burst defaults to the requests of 50 ms at the rate, at least 1."""
+    assert [Quota(rate).burst for rate in (0.1, 10, 20, 100, 1000)] == [1, 1, 1, 5, 50]
+    assert Quota(10).retry_after is True
+
+
+async def test_quota_over_a_socket_admits_exactly_the_burst_while_the_clock_stands(
+    clock: FakeClock,
+):
+    """Over loopback, 20 concurrent requests while the fake clock stands still: exactly the
+    burst passes, however fast the machine."""
+    emulator = Emulator(quota=Quota(5, burst=3), clock=clock)
+    emulator.add_task(task_id="task_q")
+    codes: list[int] = []
+    with anyio.fail_after(30):
+        async with (
+            EmulatorServer(emulator) as server,
+            httpx.AsyncClient(base_url=server.base_url, headers=AUTH) as http,
+        ):
+
+            async def query() -> None:
+                codes.append((await http.get(QUERY)).status_code)
+
+            async with anyio.create_task_group() as task_group:
+                for _ in range(20):
+                    task_group.start_soon(query)
+
+    assert sorted(codes) == [200] * 3 + [429] * 17
+    assert emulator.stats.faults == {"quota": 17}
 
 
 # -- shapes, seeds and timelines

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import math
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -14,7 +15,7 @@ import click
 
 from vsr_async import Model, __version__
 from vsr_async._validate import check_model, check_task_id
-from vsr_async.testing import Emulator, Faults, Timeline
+from vsr_async.testing import Emulator, Faults, Quota, Timeline
 
 from ._demo import run_demo
 from ._display import CreatedIds, make_display, use_live_display
@@ -297,6 +298,13 @@ def download(
     return outcome.exit_code()
 
 
+def _finite(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    """``value``, unless it is infinite or NaN (which click's ranges let through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number.")
+    return value
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to serve on.")
 @click.option(
@@ -330,6 +338,26 @@ def download(
     help="Share answered 200 with a broken body.",
 )
 @click.option(
+    "--quota",
+    type=click.FloatRange(min=0, min_open=True),
+    callback=_finite,
+    metavar="R",
+    help="Answer 429 only to the API requests over R per second (a leaky bucket, as nginx's "
+    "limit_req).",
+)
+@click.option(
+    "--quota-burst",
+    type=click.FloatRange(min=1),
+    callback=_finite,
+    metavar="N",
+    help="How many requests --quota admits at once.  [default: R/20, at least 1]",
+)
+@click.option(
+    "--quota-no-retry-after",
+    is_flag=True,
+    help="Answer the 429s of --quota without Retry-After, as a CDN's limiter may.",
+)
+@click.option(
     "--loose", is_flag=True, help="Answer as loosely as this provider family sometimes does."
 )
 @click.option(
@@ -354,6 +382,9 @@ def emulator(
     retry_after: float,
     latency: float,
     malformed_rate: float,
+    quota: float | None,
+    quota_burst: float | None,
+    quota_no_retry_after: bool,
     loose: bool,
     task_seconds: float,
     backend: str,
@@ -363,7 +394,8 @@ def emulator(
     Tasks created on it end within 4 s (--task-seconds), most of them completed. It counts
     requests rather than keeping them, so it can serve for days: GET /_emulator/stats answers
     the counts (total, per status, faults injected, tasks) as JSON, and `vsr-async -v emulator`
-    logs each request on stderr. Ctrl-C stops it.
+    logs each request on stderr. With --quota R, it answers 429 only when requests come faster
+    than R per second, as a real quota does. Ctrl-C stops it.
     """
     _need_emulator_extra()
     faults = Faults(
@@ -378,6 +410,7 @@ def emulator(
         api_key=key,
         seed=seed,
         faults=faults,
+        quota=_quota(quota, quota_burst, retry_after=not quota_no_retry_after),
         loose=loose,
         timeline=functools.partial(Timeline.drawn, within=task_seconds),
         history=0,
@@ -406,6 +439,17 @@ def demo(tasks: int, seed: int | None, plain: bool, backend: str) -> int:
     """
     _need_emulator_extra()
     return run(backend, functools.partial(run_demo, tasks, seed, plain=plain))
+
+
+def _quota(rate: float | None, burst: float | None, *, retry_after: bool) -> Quota | None:
+    """The `Quota` that ``--quota``, ``--quota-burst`` and ``--quota-no-retry-after`` ask for."""
+    if rate is None and (burst is not None or not retry_after):
+        name = "--quota-burst" if burst is not None else "--quota-no-retry-after"
+        raise click.UsageError(f"{name} needs --quota: the requests per second it applies to")
+    if rate is None:
+        return None
+    quota = Quota(rate, retry_after=retry_after)
+    return quota if burst is None else attrs.evolve(quota, burst=burst)
 
 
 def _need_emulator_extra() -> None:

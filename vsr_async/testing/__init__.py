@@ -12,7 +12,7 @@ client sent. In process, give ``httpx.ASGITransport(app=emulator)`` to an ``http
 and ``Faults(drop_rate=...)`` with ``EmulatorServer``).
 """
 
-from ._emulator import Emulator, EmulatorStats, Faults, RecordedRequest, Timeline
+from ._emulator import Emulator, EmulatorStats, Faults, Quota, RecordedRequest, Timeline
 from ._server import EmulatorServer
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "EmulatorServer",
     "EmulatorStats",
     "Faults",
+    "Quota",
     "RecordedRequest",
     "Timeline",
 ]

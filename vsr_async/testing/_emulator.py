@@ -8,6 +8,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import random
 import re
 import time
@@ -31,6 +32,7 @@ DEFAULT_PREFIX = "/kyyReactApiServer"
 DEFAULT_ERROR = "Video could not be decoded"
 STATS_PATH = "/_emulator/stats"  # the counts as JSON: about the emulator, not part of the API
 VIDEO_SIZE = 64 * 1024
+DEFAULT_BURST_SECONDS = 0.05  # a `Quota`'s default burst: the requests of 50 ms at its rate
 _BLOCK = 64 * 1024  # result files repeat a per-task block of this size, numbered
 
 _MODELS = frozenset(
@@ -55,6 +57,8 @@ _MALFORMED = (
     (b"application/json", b'[{"status": "queued"}]'),
     (b"application/json", b'{"object": "video", "status": 5, "created": "yesterday"}'),
 )
+_TOO_MANY = {"message": "Too many requests"}
+_SLACK = 1e-9  # seconds: clock readings summed in floating point drift by less
 _XML = '<?xml version="1.0" encoding="UTF-8"?>\n'
 _DROPPED = b'{"id": "task_000000000000000000000000", "object": "video", "status": "queued"}'
 
@@ -188,6 +192,56 @@ class Faults:
     spike_latency: float = attrs.field(default=2.0, validator=attrs.validators.ge(0.0))
 
 
+def _check_rate(_instance: object, _attribute: attrs.Attribute[Any], rate: float) -> None:
+    if not 0 < rate < math.inf:
+        raise ValueError(f"'rate' must be a finite number of requests per second > 0: {rate!r}")
+
+
+@attrs.frozen
+class Quota:
+    """A server-side rate limit: 429 only for the API requests over `rate` per second.
+
+    A leaky bucket as nginx's `limit_req` keeps (GCRA): requests are admitted `1 / rate`
+    seconds apart, and up to `burst` of them at once after a pause. A refused request takes
+    no capacity. The quota is checked before faults, routing and authentication: a refused
+    create creates nothing. `/files` and the stats are never limited.
+
+    Attributes:
+        rate: Requests per second, > 0.
+        burst: How many requests may arrive at once, >= 1; by default those of
+            `DEFAULT_BURST_SECONDS` (50 ms) at `rate`, at least 1.
+        retry_after: Whether a 429 carries `Retry-After`: the seconds until the request would
+            have been admitted, rounded up (so at least 1). A CDN's or proxy's limiter often
+            says nothing.
+    """
+
+    rate: float = attrs.field(validator=_check_rate)
+    burst: float = attrs.field(kw_only=True, validator=attrs.validators.ge(1.0))
+    retry_after: bool = attrs.field(default=True, kw_only=True)
+
+    @burst.default
+    def _default_burst(self) -> float:
+        return max(1.0, self.rate * DEFAULT_BURST_SECONDS)
+
+
+class _Bucket:
+    """The state of one `Quota`: GCRA's theoretical arrival time of the next request."""
+
+    def __init__(self, quota: Quota) -> None:
+        self.quota = quota
+        self._due = -math.inf  # a new bucket is full
+
+    def admit(self, now: float) -> float:
+        """Take a request arriving `now`: 0.0 if admitted, else the seconds until it would be."""
+        interval = 1 / self.quota.rate
+        due = max(self._due, now)
+        wait = due - (self.quota.burst - 1) * interval - now
+        if wait > _SLACK:
+            return wait
+        self._due = due + interval
+        return 0.0
+
+
 @attrs.frozen
 class RecordedRequest:
     """One request the emulator answered.
@@ -199,7 +253,8 @@ class RecordedRequest:
         task_id: The decoded task ID, for result queries; else `None`.
         status_code: The status answered.
         fault: The injected fault, if any: `"5xx"`, `"429"`, `"malformed"`, `"drop"` or
-            `"spike"` for API requests, `"cut"` for a file response cut short (`cut_after`).
+            `"spike"` for API requests, `"quota"` for one refused by the `Quota`, `"cut"` for
+            a file response cut short (`cut_after`).
         authorization: The `Authorization` header as received.
         headers: All request headers, with lower-case names.
     """
@@ -399,8 +454,8 @@ class Emulator:
     Task status follows each task's `Timeline`, computed from `clock()` on every query.
     Result files are served like an object store's: `ETag`, `HEAD`, single byte ranges
     (`Range`, `If-Range`), 403 once the URL expired, 404 unless the task completed.
-    `faults`, `loose` and the file settings (`video_size` on) are attributes too: tests may
-    change them at run time.
+    `faults`, `quota`, `loose` and the file settings (`video_size` on) are attributes too:
+    tests may change them at run time.
 
     Args:
         api_key: The accepted Bearer token.
@@ -408,6 +463,8 @@ class Emulator:
         timeline: For every created task: a `Timeline`, a callable drawing one from the
             emulator's `random.Random`, or `None` for a mix of completions and failures.
         faults: Fault injection; the `faults` attribute may be swapped at run time.
+        quota: A rate limit on the API requests, on `clock`, checked before `faults`; the
+            `quota` attribute may be swapped at run time (a new one starts with its full burst).
         prefix: Path prefix of the API routes.
         clock: Monotonic seconds; pass a fake one to move tasks along without sleeping.
         loose: Answer like this provider family sometimes does: status in any case,
@@ -437,6 +494,7 @@ class Emulator:
         seed: int | None = None,
         timeline: Timeline | Callable[[random.Random], Timeline] | None = None,
         faults: Faults | None = None,
+        quota: Quota | None = None,
         prefix: str = DEFAULT_PREFIX,
         clock: Callable[[], float] = time.monotonic,
         loose: bool = False,
@@ -454,6 +512,7 @@ class Emulator:
         self.api_key = api_key
         self.prefix = prefix.rstrip("/")
         self.faults = faults if faults is not None else Faults()
+        self.quota = quota
         self.loose = loose
         self.video_size = video_size
         self.result_ttl = result_ttl
@@ -468,6 +527,7 @@ class Emulator:
         self._by_status: collections.Counter[int] = collections.Counter()
         self._faults: collections.Counter[str] = collections.Counter()
         self._clock = clock
+        self._bucket: _Bucket | None = None  # of `quota`
         self._timeline = timeline
         self._random = random.Random(seed)  # IDs and timelines
         self._noise = random.Random(None if seed is None else f"noise-{seed}")  # faults, loose
@@ -578,8 +638,9 @@ class Emulator:
         if route == "file":
             reply = self._file(request, task_id)
         else:
+            refused = self._over_quota(arrived)
             await self._delay()
-            reply = await self._api(request, route, task_id)
+            reply = refused if refused is not None else await self._api(request, route, task_id)
         self._record(
             RecordedRequest(
                 time=arrived,
@@ -629,6 +690,19 @@ class Emulator:
                 return name, urllib.parse.unquote(match[1]) if pattern.groups else ""
         return "", ""
 
+    def _over_quota(self, now: float) -> _Reply | None:
+        """A 429 for an API request arriving `now` over `quota`, else `None` (admitted)."""
+        if self.quota is None:
+            return None
+        if self._bucket is None or self._bucket.quota is not self.quota:
+            self._bucket = _Bucket(self.quota)
+        wait = self._bucket.admit(now)
+        if not wait:
+            return None
+        seconds = math.ceil(wait - _SLACK)  # delta-seconds are whole: round up, to 1 at least
+        headers = ((b"retry-after", str(seconds).encode()),) if self.quota.retry_after else ()
+        return _json(429, _TOO_MANY, headers, fault="quota")
+
     async def _delay(self) -> None:
         latency = self.faults.latency
         seconds = self._noise.uniform(*latency) if isinstance(latency, tuple) else latency
@@ -646,7 +720,7 @@ class Emulator:
         if fault == "429":
             retry_after = self.faults.retry_after
             headers = () if retry_after is None else ((b"retry-after", _seconds(retry_after)),)
-            return _json(429, {"message": "Too many requests"}, headers, fault=fault)
+            return _json(429, _TOO_MANY, headers, fault=fault)
         if fault == "malformed":
             content_type, body = next(self._malformed)
             return _Reply(200, body, content_type, fault=fault)
