@@ -15,7 +15,14 @@ from _cli_helpers import CLI, KEY, cli_env
 from click.testing import CliRunner
 
 from vsr_async._cli import _app, _serve
-from vsr_async.testing import Emulator, EmulatorServer, EmulatorStats, Faults, Timeline
+from vsr_async.testing import (
+    Emulator,
+    EmulatorServer,
+    EmulatorStats,
+    Faults,
+    RecordedRequest,
+    Timeline,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import ByteReceiveStream
@@ -191,3 +198,27 @@ async def test_the_emulator_command_logs_a_line_per_request_with_v(backend: str)
         "Debug: GET /files/task_x.mp4 404",
     ]
     assert f"Its counts: {origin}/_emulator/stats." in stderr.decode()
+
+
+def test_the_log_tells_a_quota_refusal_from_an_injected_fault(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request refused over the quota is logged as such, not as an injected fault."""
+    caplog.set_level("DEBUG", logger="vsr_async.emulator")
+    for fault in ("quota", "429", None):
+        _serve.log_request(
+            RecordedRequest(
+                time=0.0,
+                method="GET",
+                path=f"{PREFIX}/v1/result/t",
+                task_id="t",
+                status_code=429 if fault else 200,
+                fault=fault,
+                authorization=None,
+            )
+        )
+    assert caplog.messages == [
+        f"GET {PREFIX}/v1/result/t 429 (over the quota)",
+        f"GET {PREFIX}/v1/result/t 429 (injected 429)",
+        f"GET {PREFIX}/v1/result/t 200",
+    ]

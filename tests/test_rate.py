@@ -36,7 +36,7 @@ from vsr_async._config import (
     RATE_BURST,
 )
 from vsr_async._rate import RateBudget
-from vsr_async.testing import Emulator, Timeline
+from vsr_async.testing import Emulator, Quota, Timeline
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -236,7 +236,7 @@ def test_a_server_refusing_everything_gets_a_probe_a_second() -> None:
     assert budget.current == 100.0
 
 
-class Quota:
+class Limiter:
     """A server's limiter of ``rate`` requests a second: a leaky bucket holding ``burst``, or
     a window of ``rate`` requests per whole second of the clock."""
 
@@ -270,7 +270,7 @@ def test_the_budget_settles_under_a_quota(limiter: str, limit: float | None) -> 
     clock = FakeClock()
     start, end, half_trip = clock.now, clock.now + 60.0, 0.002
     budget = RateBudget(limit, clock=clock)
-    quota = Quota(limiter, 100.0, 5.0, clock.now)
+    quota = Limiter(limiter, 100.0, 5.0, clock.now)
     answered: list[tuple[float, int]] = []
     # (when, connection, (sent at, status) of its answer due then, or None: ready to send)
     events: list[tuple[float, int, tuple[float, int] | None]] = [
@@ -572,6 +572,47 @@ async def test_a_429_delays_only_the_task_that_met_it() -> None:
     assert set(others) == set(ids) - {hit.task_id}
     assert min(others.values()) >= 3, others
     assert client.current_rate is None  # one 429 among many answers: no quota learnt
+
+
+@pytest.mark.parametrize("retry_after", [True, False], ids=["Retry-After", "no Retry-After"])
+async def test_the_client_learns_the_servers_quota(retry_after: bool) -> None:
+    """Without a rate_limit, 40 tasks wanting 800 polls a second against the emulator's quota
+    of 20 a second: the client learns a rate at or under the quota (what the server accepted,
+    cut by QUOTA_DECREASE), then keeps polling every task, with far fewer 429s than before it
+    learnt. The watch runs until each task has been polled after the cut."""
+    quota = Quota(20.0, burst=2.0, retry_after=retry_after)
+    emulator = Emulator(quota=quota)
+    ids = [emulator.add_task(FOREVER) for _ in range(40)]
+    async with serve(emulator) as client:
+        log = BudgetLog(client)
+
+        def cut_at() -> float | None:
+            learnt = [at for at, _, _, rate in log.answers if rate is not None]
+            return learnt[0] if learnt else None
+
+        def every_task_polled_since() -> bool:
+            learnt = [monotonic for _, monotonic, _, rate in log.answers if rate is not None]
+            polled = {r.task_id for r in emulator.requests if learnt and r.time > learnt[0]}
+            return polled >= set(ids)
+
+        with anyio.fail_after(60):
+            async with (
+                client.watch(ids, interval=0.05) as watcher,
+                anyio.create_task_group() as group,
+            ):
+                group.start_soon(drain, watcher)
+                await until(every_task_polled_since)
+                group.cancel_scope.cancel()
+    assert cut_at() is not None
+    first_rate = next(rate for *_, rate in log.answers if rate is not None)
+    assert first_rate <= quota.rate
+    learnt_monotonic = next(m for _, m, _, rate in log.answers if rate is not None)
+    before = [r.status_code for r in emulator.requests if r.time <= learnt_monotonic]
+    after = [r.status_code for r in emulator.requests if r.time > learnt_monotonic]
+    assert before.count(429) / len(before) > 0.5  # it asked for 40 times the quota ...
+    assert after.count(429) / len(after) < 0.25  # ... and then kept (mostly) under it
+    refused = [r for r in emulator.requests if r.status_code == 429]
+    assert all(r.fault == "quota" for r in refused)
 
 
 async def test_a_long_retry_after_pauses_every_poll(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,7 +26,10 @@ logger = logging.getLogger("vsr_async.emulator")
 
 def log_request(request: RecordedRequest) -> None:
     """One line per request (an `Emulator` ``on_request`` hook): method, path, status, fault."""
-    fault = f" (injected {request.fault})" if request.fault else ""
+    if request.fault == "quota":
+        fault = " (over the quota)"
+    else:
+        fault = f" (injected {request.fault})" if request.fault else ""
     logger.debug("%s %s %d%s", request.method, request.path, request.status_code, fault)
 
 
