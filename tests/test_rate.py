@@ -578,7 +578,7 @@ async def test_a_429_delays_only_the_task_that_met_it() -> None:
 async def test_the_client_learns_the_servers_quota(retry_after: bool) -> None:
     """Without a rate_limit, 40 tasks wanting 800 polls a second against the emulator's quota
     of 20 a second: the client learns a rate at or under the quota (what the server accepted,
-    cut by QUOTA_DECREASE), then keeps polling every task, with far fewer 429s than before it
+    cut by QUOTA_DECREASE), then keeps polling every task, with fewer 429s than before it
     learnt. The watch runs until each task has been polled after the cut."""
     quota = Quota(20.0, burst=2.0, retry_after=retry_after)
     emulator = Emulator(quota=quota)
@@ -609,8 +609,9 @@ async def test_the_client_learns_the_servers_quota(retry_after: bool) -> None:
     learnt_monotonic = next(m for _, m, _, rate in log.answers if rate is not None)
     before = [r.status_code for r in emulator.requests if r.time <= learnt_monotonic]
     after = [r.status_code for r in emulator.requests if r.time > learnt_monotonic]
-    assert before.count(429) / len(before) > 0.5  # it asked for 40 times the quota ...
-    assert after.count(429) / len(after) < 0.25  # ... and then kept (mostly) under it
+    # Refused more before it learnt than after (how many more depends on how fast this machine
+    # sent its first polls), and mostly under the quota after.
+    assert after.count(429) / len(after) < min(before.count(429) / len(before), 0.25)
     refused = [r for r in emulator.requests if r.status_code == 429]
     assert all(r.fault == "quota" for r in refused)
 
