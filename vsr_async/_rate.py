@@ -182,7 +182,7 @@ class RateBudget:
         accepted = (self._answers - self._refused) / age
         self._peak = max(self._peak, accepted)
         if self._refused >= QUOTA_REFUSED * self._answers:
-            # (Every answer a 429: the floor, a probe a second, until one goes through.)
+            # (Nothing accepted: QUOTA_FLOOR, a probe a second until one goes through.)
             self._learnt = max(QUOTA_FLOOR, min(QUOTA_DECREASE * accepted, self._learnt))
             self._set_rate()
 
