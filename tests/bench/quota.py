@@ -31,10 +31,11 @@ import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
+from tests.bench._charts import IMAGES, timeline, write
 from tests.bench._quota_server import KEY
 from tests.bench._report import Report, cli, table, verdict
 from vsr_async import AsyncVSRClient
@@ -209,18 +210,41 @@ def report(results: list[Result], args: argparse.Namespace, *, took: float, load
         met = accepted / span >= ACCEPTED_TARGET * args.quota and share <= REFUSED_TARGET
         checks.append((text, met and least >= FAIRNESS_TARGET))
     lines.append(table(headers, rows))
+    write(IMAGES / "quota.svg", chart(results, args))
+    lines += ["", "![Accepted requests and 429s per second](img/bench/quota.svg)"]
     lines += ["", "Targets:", ""]
     lines += [f"- {text}: {verdict(met)}." for text, met in checks]
     return Report("\n".join(lines), targets_met=all(met for _, met in checks))
 
 
-def series(result: Result) -> dict[str, Any]:
-    """Per second: accepted requests and the share answered 429 (for a chart)."""
+def chart(results: list[Result], args: argparse.Namespace) -> str:
+    """Accepted requests a second, and the share answered 429, each second of each run."""
+
+    def points(values: Sequence[float]) -> list[tuple[float, float]]:
+        return [(second + 0.5, value) for second, value in enumerate(values)]
+
+    accepted = [(one.variant.label, points(one.accepted)) for one in results]
     shares = [
-        refused / (accepted + refused) if accepted + refused else 0.0
-        for accepted, refused in zip(result.accepted, result.refused, strict=True)
+        (
+            one.variant.label,
+            points(
+                [
+                    100 * r / (a + r) if a + r else 0.0
+                    for a, r in zip(one.accepted, one.refused, strict=True)
+                ]
+            ),
+        )
+        for one in results
     ]
-    return {"accepted": result.accepted, "refused_share": shares}
+    wanted = args.tasks / args.interval
+    return timeline(
+        f"{args.tasks} tasks wanting {wanted:,.0f} polls/s, quota {args.quota:g}/s",
+        "seconds since the start",
+        accepted,
+        y_label="accepted per second",
+        reference=(f"quota {args.quota:g}/s", args.quota),
+        below=("429 share, %", shares),
+    )
 
 
 if __name__ == "__main__":
