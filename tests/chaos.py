@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 import httpx
+from bench._charts import IMAGES, distributions, write
 
 from vsr_async import AsyncVSRClient, ResponseValidationError, TaskStatus
 from vsr_async._config import JITTER, MAX_MALFORMED
@@ -680,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         command = " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
         args.out.write_text(figures(results, command))
+        write(IMAGES / "chaos.svg", chart(results))
     return 1 if any(problems for _, _, problems in results) else 0
 
 
@@ -689,6 +691,16 @@ async def pair(n_tasks: int, seed: int) -> tuple[Report, Report]:
     faulty = await run(n_tasks, faults=CHAOS, seed=seed, restart_at=restart_at)
     clean = await run(n_tasks, faults=Faults(), seed=seed, restart_at=None)
     return faulty, clean
+
+
+def chart(results: list[tuple[Report, Report, list[str]]]) -> str:
+    """The lags of every task, chaos against fault-free, for each backend."""
+    series = [
+        (f"{name}, {faulty.backend}", [lag * 1e3 for lag in report.lags])
+        for faulty, clean, _ in results
+        for name, report in (("fault-free", clean), ("chaos", faulty))
+    ]
+    return distributions("From a task's end to its final transition", "ms", series, log=True)
 
 
 def figures(results: list[tuple[Report, Report, list[str]]], command: str) -> str:
@@ -802,6 +814,8 @@ and the caller's input the client refuses before sending anything.
 {chr(10).join(inputs)}
 
 {outcome}
+
+![From a task's end to its final transition, chaos against fault-free](img/bench/chaos.svg)
 
 Targets (issue: performance and throttling):
 
