@@ -20,6 +20,7 @@ UNREACHABLE = (
     coredis.exceptions.ConnectionError,
     TimeoutError,
     coredis.exceptions.BusyLoadingError,
+    coredis.exceptions.NoScriptError,  # restarted between coredis's load and its retry
     coredis.exceptions.ReadOnlyError,  # a failover under way
     coredis.exceptions.TryAgainError,
     coredis.exceptions.ClusterDownError,

@@ -239,6 +239,8 @@ class Worker:
                 await self._publish()
             except UNREACHABLE as exc:
                 await outage.failed(exc)
+            except coredis.exceptions.StreamConsumerGroupError:
+                pass  # Redis lost its data: `_take` makes the group again; kept for then
             else:
                 outage.recovered()
 
@@ -274,6 +276,8 @@ class Worker:
                 await self._renew_all()
             except UNREACHABLE as exc:
                 await outage.failed(exc)
+            except coredis.exceptions.StreamConsumerGroupError:
+                pass  # Redis lost its data: `_take` makes the group again, then these renew
             else:
                 outage.recovered()
 
