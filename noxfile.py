@@ -80,6 +80,8 @@ def bench(session: nox.Session) -> None:
     1 on a missed target, ``-- download --reps 15`` runs one with its own options. The fleet
     benchmark measures ``transport="aiohttp"`` and an aiohttp baseline, hence the extra; the web
     app's serves examples/webapp.py (Starlette) with hypercorn (the emulator extra); the fleet on
-    Redis runs `vsr-async worker` processes (the cli and redis extras) and needs redis-server."""
+    Redis runs `vsr-async worker` processes (the cli and redis extras) and needs redis-server; the
+    CLI under faults runs `python -m vsr_async create --watch` against `python -m vsr_async
+    emulator` processes (the cli and emulator extras)."""
     session.install("-e", ".[aiohttp,cli,emulator,redis]", "trio", "aiohttp", "starlette")
     session.run("python", "-m", "tests.bench", *(session.posargs or FIGURES))
