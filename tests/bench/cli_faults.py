@@ -13,7 +13,8 @@ clock, the command a user would run, in a process of its own, off a terminal, wi
     python -m vsr_async create -m superResolution-720p-lowfps --from-file URLS --watch
         --jsonl FILE [--interval S]
 
-at the default interval (5 s) and at ``--interval 1`` (a user in a hurry; each a variant). The
+at the default interval (5 s), and with ``--intervals default,1`` at ``--interval 1`` too (a
+user in a hurry; each a variant). The
 counts of ``GET /_emulator/stats`` are read once the command has ended. Then, as the CLI's help
 says to, the same command runs again for the video URLs whose create failed (a create is
 billed, so a 5xx on it is never retried), up to ``--reruns`` times; the time until every URL
@@ -296,7 +297,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=400, help="video URLs of the command")
     parser.add_argument(
         "--intervals",
-        default=f"{DEFAULT},1",
+        default=DEFAULT,
         help=f"--interval values, comma-separated; '{DEFAULT}' passes none (5 s)",
     )
     parser.add_argument("--seed", type=int, default=7, help="the emulator's --seed")
