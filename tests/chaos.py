@@ -45,7 +45,7 @@ import httpx
 from bench._charts import IMAGES, distributions, write
 
 from vsr_async import AsyncVSRClient, ResponseValidationError, TaskStatus
-from vsr_async._config import JITTER, MAX_MALFORMED
+from vsr_async._config import JITTER, MAX_MALFORMED, QUICK_RETRIES
 from vsr_async._converter import parse_task
 from vsr_async._validate import check_base_url, check_http_url, check_task_id
 from vsr_async.testing import Emulator, EmulatorServer, Faults, Timeline
@@ -136,7 +136,7 @@ class Report:
     faults_injected: dict[str, int]  # by the emulator, per kind (and "restart")
     bad_answers: dict[str, int]  # as the client received them, per `BAD_ANSWERS`
     polled_too_soon: int  # polls of a task sent sooner than the interval (less its jitter)
-    # after its previous one: a retry storm
+    # after its previous one, beyond QUICK_RETRIES of them in a row: a retry storm
     polled_after_end: int  # polls of a task after the client read an answer that ended it
     lost: int  # status changes the client received and the watch did not yield
     duplicated: int  # transitions yielded twice, or not a change
@@ -323,8 +323,8 @@ def amplification(faulty: Report, clean: Report) -> float:
     A figure, not a check: both counts are set by how fast the machine polled (a run that
     cannot keep up polls each task fewer times), so their ratio moves with the machine's load.
     What chaos may cost is checked per task instead, on the client's own clock: no poll sooner
-    than the interval after the last (`Report.polled_too_soon`), none after the task's end was
-    read (`Report.polled_after_end`).
+    than the interval after the last but for `QUICK_RETRIES` quick retries in a row
+    (`Report.polled_too_soon`), none after the task's end was read (`Report.polled_after_end`).
     """
     return faulty.requests_sent / clean.requests_sent
 
@@ -419,10 +419,11 @@ class _Probe:
         self.seen: dict[str, list[str]] = collections.defaultdict(list)
         self.bad: collections.Counter[str] = collections.Counter()
         # A watch schedules a task's next poll at least interval * (1 - JITTER) after the
-        # answer to the last (a failed one too), and sends it no sooner: on its own clock,
-        # however slow the machine.
+        # answer to the last, and sends it no sooner (on its own clock, however slow the
+        # machine), but for QUICK_RETRIES retries in a row after failed polls.
         self._least_gap = interval * (1 - JITTER) - 1e-6
         self._last_sent: dict[str, float] = {}
+        self._quick: collections.Counter[str] = collections.Counter()  # in a row, per task
         self._ended: set[str] = set()
         self.too_soon = 0
         self.after_end = 0
@@ -440,7 +441,11 @@ class _Probe:
         task_id = _task_id(request.url)
         now = anyio.current_time()  # the watch's clock
         last = self._last_sent.get(task_id)
-        self.too_soon += last is not None and now - last < self._least_gap
+        if last is not None and now - last < self._least_gap:
+            self._quick[task_id] += 1
+            self.too_soon += self._quick[task_id] > QUICK_RETRIES
+        else:
+            self._quick[task_id] = 0
         self.after_end += task_id in self._ended
         self._last_sent[task_id] = now
 
@@ -737,7 +742,10 @@ def figures(results: list[tuple[Report, Report, list[str]]], command: str) -> st
     row("Connections opened, chaos", lambda f, _: f"{f.connections_opened:,}")
     for kind, name in FAULT_KINDS.items():
         row(f"Faults injected: {name}", functools.partial(_injected, kind))
-    row("Polls sooner than the interval after a task's last", both("polled_too_soon"))
+    row(
+        f"Polls sooner than the interval after a task's last, beyond {QUICK_RETRIES} in a row",
+        both("polled_too_soon"),
+    )
     row("Polls after a task's end was read", both("polled_after_end"))
     row("**Transitions lost**", both("lost"))
     row("**Transitions duplicated**", both("duplicated"))
@@ -798,9 +806,10 @@ A transition counts as lost when the client read a status change that the watch 
 The request amplification is the requests sent through chaos per request sent without: a
 figure, not a check, since both counts depend on how fast the machine polled. What is checked
 is per task: no poll sooner than the interval (less its jitter) after the last, none once the
-task's end was read. A failed poll is retried no sooner than the interval, with backoff; a 429
-holds back only the task that met it, for its `Retry-After` ({faulty.faults.retry_after:g} s
-here), and these 429s, scattered among many answers, teach the client no quota. The seconds
+task's end was read. A failed poll is retried after the backoff, or a 429's `Retry-After`
+({faulty.faults.retry_after:g} s here), sooner than the interval for its first {QUICK_RETRIES}
+failures in a row, then no sooner than the interval; a 429 holds back only the task that met
+it, and these 429s, scattered among many answers, teach the client no quota. The seconds
 from a task's end to its final transition measure how late the watch sees each end.
 
 {chr(10).join(lines)}

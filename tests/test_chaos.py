@@ -30,8 +30,9 @@ async def test_every_transition_once_through_chaos_and_a_restart() -> None:
     """Through 5xx, 429, spikes, drops, malformed bodies and a restart on the same port, each
     task's changes are yielded once, in order, ending with its true state and result URL; no
     exception escapes, no task or connection is left behind; and the chaos costs no request
-    beyond the schedule: no task is polled sooner than the interval after its last poll (a
-    failed one included), nor once its end was read. (The ratio of requests to a fault-free
+    beyond the schedule: no task is polled sooner than the interval after its last poll but
+    for a few quick retries of failed polls (QUICK_RETRIES in a row), nor once its end was
+    read. (The ratio of requests to a fault-free
     run's is printed, not checked: it moves with the machine's load.)"""
     started = time.monotonic()
     with anyio.fail_after(BUDGET):

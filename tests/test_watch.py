@@ -45,7 +45,7 @@ from vsr_async import (
     WaitTimeoutError,
     Watcher,
 )
-from vsr_async._config import JITTER, MAX_MALFORMED
+from vsr_async._config import JITTER, MAX_MALFORMED, QUICK_RETRIES
 from vsr_async.testing import Emulator, Faults, Timeline
 
 if TYPE_CHECKING:
@@ -462,6 +462,29 @@ async def test_undecodable_body_is_transient(fast_backoff: None) -> None:
     assert sorted(t.task_id for t in finals) == sorted(ids)
     assert all(t.status is TaskStatus.COMPLETED for t in finals)
     assert any(count >= 2 for count in polls.values())  # garbage was served
+
+
+async def test_a_failed_poll_is_retried_soon_then_no_sooner_than_the_interval(
+    fast_backoff: None,
+) -> None:
+    """A poll that failed is retried after the backoff alone, sooner than a long interval, for
+    QUICK_RETRIES failures in a row: a blip costs the task a moment, not an interval. After
+    more, no sooner than the interval either: a struggling server's load is not multiplied."""
+    emulator = Emulator()
+    task_id = emulator.add_task(Timeline.completed(queued=0, processing=0))
+    busy = json_answer(503, {"message": "busy"})
+    failing = QUICK_RETRIES + 1
+    proxy = Proxy(emulator, lambda _task_id, n: busy if n <= failing else None)
+    interval = 4.0
+    async with serve(proxy) as client:
+        with anyio.fail_after(60):
+            transitions = await collect(client, [task_id], interval=interval)
+    assert [t.status for t in transitions if t.is_final] == [TaskStatus.COMPLETED]
+    sent = [s.arrived for s in proxy.seen]
+    assert len(sent) == failing + 1
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
+    assert all(gap < interval / 2 for gap in gaps[:QUICK_RETRIES]), gaps  # backoff: ms
+    assert gaps[QUICK_RETRIES] >= interval * (1 - JITTER) - 1e-3, gaps
 
 
 # 6. A long Retry-After pauses the whole watcher.

@@ -35,6 +35,11 @@ MAX_RETRY_AFTER = 60.0
 #: A watch gives a task up at this many unreadable answers in a row (a proxy's HTML error
 #: page now and then is not the task's fault; an endless stream of them is).
 MAX_MALFORMED = 3
+#: A task's first this many failed polls in a row are retried after the backoff (or the
+#: ``Retry-After``) alone, sooner than its interval if that is longer: a blip costs the task a
+#: moment, not an interval. From the next, no sooner than its interval either: the server is
+#: struggling, and a watch of many tasks must not multiply its load.
+QUICK_RETRIES = 3
 #: A watch logs a warning when a task's polls fail this often in a row: a wrong base URL or a
 #: dead server should not look like slow tasks.
 WARN_AFTER_FAILURES = 3

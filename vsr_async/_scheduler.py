@@ -11,9 +11,10 @@ A subscriber's ``timeout`` counts from the first poll of the task after it subsc
 task waiting behind thousands of others, or behind the rate budget, is never given up unasked),
 and it is the subscriber's alone: an entry of its own in the heap gives the task up for it when
 it comes, paused or not, while the others go on. When a task's last subscriber leaves, its
-record is dropped and a poll of it in flight is cancelled. A poll answered 429 (or with a
-``Retry-After``) is polled again after its ``Retry-After`` or backoff, and no sooner than its
-interval; the session's rate budget learns from it. When the budget pauses every request of
+record is dropped and a poll of it in flight is cancelled. A task whose poll failed (a 429, a
+5xx, a dropped connection...) is polled again after the ``Retry-After`` or backoff, sooner than
+its interval for its first `QUICK_RETRIES` failures in a row, then no sooner than its interval;
+the session's rate budget learns from every answer. When the budget pauses every request of
 the client (a long ``Retry-After``, 429s in a row), the dispatcher holds due records until the
 pause ends.
 """
@@ -30,7 +31,14 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 import attrs
 
-from ._config import JITTER, MAX_MALFORMED, RATE_WINDOW, WARN_AFTER_FAILURES, WARN_EVERY
+from ._config import (
+    JITTER,
+    MAX_MALFORMED,
+    QUICK_RETRIES,
+    RATE_WINDOW,
+    WARN_AFTER_FAILURES,
+    WARN_EVERY,
+)
 from ._errors import (
     AuthenticationError,
     PermissionDeniedError,
@@ -321,8 +329,8 @@ class Scheduler:
             # (but not a word per task: a bad server fails them all).
             self._warned_at = now
             logger.warning("polls keep failing (%s); retrying with backoff", exc)
-        # A failed poll never brings the next one closer than the normal interval.
-        delay = max(delay, self._next_interval(record, now))
+        if record.failures > QUICK_RETRIES:  # it keeps failing: no sooner than its interval
+            delay = max(delay, self._next_interval(record, now))
         logger.debug("polling %r failed (%s); again in %.2f s", record.task_id, exc, delay)
         self._schedule(record, now + delay)
 
