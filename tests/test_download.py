@@ -15,7 +15,7 @@ import os
 import string
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 import anyio
@@ -25,6 +25,7 @@ from _helpers import HTTPX_LEAVES_ITS_ITERATORS, KEY
 from hypothesis import given
 from hypothesis import strategies as st
 
+import vsr_async._download
 from vsr_async import (
     APIConnectionError,
     AsyncVSRClient,
@@ -808,6 +809,32 @@ async def test_a_raising_progress_callback_stops_the_download_cleanly(tmp_path: 
         with pytest.raises(KeyError, match="stop"):
             await client.download(task_id, tmp_path / "out.mp4", progress=explode)
     assert not (tmp_path / "out.mp4").exists()
+
+
+async def test_a_failed_write_stops_the_download_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write failing in the worker thread (a full disk) propagates as it is, not in an
+    exception group, the body is closed, and the batches written before it stay in the part."""
+    emulator = Emulator(timeline=DONE, video_size=SIZE)
+    task_id = emulator.add_task()
+    append = vsr_async._download._append
+    written: list[int] = []
+
+    def fill_up(file: BinaryIO, batch: list[bytes], offset: int) -> int:
+        if written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(append(file, batch, offset))
+        return written[0]
+
+    monkeypatch.setattr(vsr_async._download, "_append", fill_up)
+    async with api(emulator) as (client, _):
+        with pytest.raises(OSError, match="No space left") as failed:
+            await client.download(task_id, tmp_path / "out.mp4")
+    assert failed.value.errno == errno.ENOSPC
+    assert not (tmp_path / "out.mp4").exists()
+    part = (tmp_path / "out.mp4.part").read_bytes()
+    assert part == emulator.video_bytes(task_id)[: written[0]]
 
 
 # -- destinations ending with a separator, whole 206s, filesystems without hard links, secrets

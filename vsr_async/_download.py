@@ -8,6 +8,7 @@ destination is either absent or complete. A later call finding the part resumes 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -37,6 +38,8 @@ from ._retry import is_transient
 from ._validate import check_http_url, check_task_id
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from ._session import Session
     from ._tasks import Tasks
 
@@ -321,52 +324,94 @@ class _Transfer:
         return True
 
     async def _receive(self, response: httpx.Response) -> None:
-        """Append the body to the part, in batches written from a worker thread."""
+        """Append the body to the part: received in batches, each written from a worker thread
+        while the next one arrives."""
         file = await anyio.to_thread.run_sync(open, self.part, "ab")
-        batch: list[bytes] = []
-        failure: Exception | None = None
+        # Unbuffered: a batch is handed over once the one before is written, so two at most are
+        # held (the one being written, the one waiting) and the socket is not read meanwhile.
+        batches, to_write = anyio.create_memory_object_stream[list[bytes]]()
+        written: list[Exception] = []
         try:
-            pending = 0
-            self._report(0)
-            # Raising out of the loop would leave httpx's nested body iterators suspended, for
-            # the garbage collector (trio warns of each). A failure of ours (a write, the
-            # progress callback) cancels the next read instead, which unwinds them all.
-            with anyio.CancelScope() as stop:
-                async for chunk in response.aiter_bytes() if self.encoded else response.aiter_raw():
-                    if stop.cancel_called:
-                        continue
-                    try:
-                        batch.append(chunk)
-                        pending += len(chunk)
-                        self._report(pending)
-                        if pending >= DOWNLOAD_BUFFER:
-                            full, batch, pending = batch, [], 0
-                            await self._write(file, full)
-                    except Exception as exc:  # noqa: BLE001 - raised below, once unwound
-                        failure = exc
-                        stop.cancel()
-            if failure is not None:
-                raise failure
-        except httpx.DecodingError as exc:  # (the session makes the rest of httpx's errors ours)
-            url = shown_url(self.url)
-            raise DownloadError(f"GET {url}: the body could not be decoded") from exc
+            # Nothing is raised in the group (it would come out wrapped in an exception group):
+            # each side hands back its failure.
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._write_all, file, to_write, written)
+                failure = await self._read(response, batches)
         finally:
             with anyio.CancelScope(shield=True):
-                try:
-                    await self._write(file, batch)  # keep what arrived, for a resume
-                finally:
-                    await anyio.to_thread.run_sync(file.close)
+                await anyio.to_thread.run_sync(file.close)
+        failure = written[0] if written else failure  # a failed write stopped the reading
+        if isinstance(failure, httpx.DecodingError):  # (the session makes httpx's others ours)
+            url = shown_url(self.url)
+            raise DownloadError(f"GET {url}: the body could not be decoded") from failure
+        if failure is not None:
+            raise failure
 
-    async def _write(self, file: BinaryIO, batch: list[bytes]) -> None:
-        if batch:
-            data = b"".join(batch)
-            await anyio.to_thread.run_sync(_append, file, data, self.done)
-            self.done += len(data)
+    async def _read(
+        self, response: httpx.Response, batches: MemoryObjectSendStream[list[bytes]]
+    ) -> Exception | None:
+        """Send the body to the writer in batches of `DOWNLOAD_BUFFER` bytes, and what arrived
+        before a failure or a cancellation too (kept for a resume); the failure."""
+        batch: list[bytes] = []
+        pending = 0
+        received = self.done
+        failure: Exception | None = None
+        with batches:
+            try:
+                self._report(received)
+                # Raising out of the loop would leave httpx's nested body iterators suspended,
+                # for the garbage collector (trio warns of each). A failure of ours (the writer
+                # gone, the progress callback) cancels the next read instead, which unwinds them.
+                with anyio.CancelScope() as stop:
+                    async for chunk in (
+                        response.aiter_bytes() if self.encoded else response.aiter_raw()
+                    ):
+                        if stop.cancel_called:
+                            continue
+                        try:
+                            batch.append(chunk)
+                            pending += len(chunk)
+                            received += len(chunk)
+                            self._report(received)
+                            if pending >= DOWNLOAD_BUFFER:
+                                full, batch, pending = batch, [], 0
+                                # Shielded: once handed over it is the writer's (a cancelled
+                                # send may have been received), and it waits one write at most.
+                                with anyio.CancelScope(shield=True):
+                                    await batches.send(full)
+                        except Exception as exc:  # noqa: BLE001 - handed back, once unwound
+                            failure = exc
+                            stop.cancel()
+            except Exception as exc:  # noqa: BLE001 - reading the body: handed back
+                failure = exc
+            finally:
+                if batch:
+                    with (
+                        anyio.CancelScope(shield=True),
+                        contextlib.suppress(anyio.BrokenResourceError),
+                    ):
+                        await batches.send(batch)  # (broken: the writer failed)
+        return failure
 
-    def _report(self, pending: int) -> None:
+    async def _write_all(
+        self,
+        file: BinaryIO,
+        to_write: MemoryObjectReceiveStream[list[bytes]],
+        failures: list[Exception],
+    ) -> None:
+        """Write the batches until the reader is done; shielded, so a cancelled download keeps
+        what arrived. A failure goes to ``failures`` and closes the stream, stopping the reader."""
+        with to_write, anyio.CancelScope(shield=True):
+            try:
+                async for batch in to_write:
+                    self.done += await anyio.to_thread.run_sync(_append, file, batch, self.done)
+            except Exception as exc:  # noqa: BLE001 - handed back to _receive
+                failures.append(exc)
+
+    def _report(self, received: int) -> None:
         """Tell ``progress`` of the bytes received: on disk, and waiting to be written."""
         if self.progress is not None:
-            self.progress(self.done + pending, self.total)
+            self.progress(received, self.total)
 
     def _restart(self) -> None:
         self.done = 0
@@ -396,14 +441,16 @@ def _any(_: VSRError) -> bool:
     return True
 
 
-def _append(file: BinaryIO, data: bytes, offset: int) -> None:
-    """Write ``data`` at the part's end, ``offset``, and start writing it back to the disk now,
+def _append(file: BinaryIO, batch: list[bytes], offset: int) -> int:
+    """Write ``batch`` at the part's end, ``offset``, and start writing it back to the disk now,
     so the fsync at the end waits for the last batch only (and a video does not crowd the page
-    cache)."""
-    file.write(data)
+    cache); its size. Chunk by chunk, not joined: a join would copy every byte once more."""
+    file.writelines(batch)
+    size = sum(map(len, batch))
     if hasattr(os, "posix_fadvise"):
         file.flush()
-        os.posix_fadvise(file.fileno(), offset, len(data), os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(file.fileno(), offset, size, os.POSIX_FADV_DONTNEED)
+    return size
 
 
 def _is_whole(match: re.Match[str] | None) -> bool:

@@ -12,8 +12,8 @@ The variants:
 
 - ``plain-raw``: the loop a user writes with httpx, ``aiter_raw()`` into ``open(path, "wb")``.
 - ``plain-bytes``: the same with ``aiter_bytes()`` (decoding ``identity`` is a pass-through).
-- ``plain-fsync``: ``plain-raw`` into ``<path>.part``, then fsync and rename: the durability
-  `download` promises, hand-written.
+- ``plain-fsync``: ``plain-raw`` into ``<path>.part``, then fsync it, rename it into place and
+  fsync the directory: what `download` does to make the file durable, hand-written.
 - ``vsr``: ``await AsyncVSRClient(...).download(url, path)``.
 """
 
@@ -106,6 +106,11 @@ async def plain_fsync(client: httpx.AsyncClient, url: str, path: Path) -> None:
             file.flush()
             os.fsync(file.fileno())
     part.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 async def vsr(client: Any, url: str, path: Path) -> None:
