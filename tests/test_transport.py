@@ -93,9 +93,10 @@ async def test_own_client_sends_straight_to_its_transport() -> None:
 async def test_concurrent_requests_do_not_contend_for_one_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Requests entering httpcore's pool together are each handed their own connection: the
-    pool assigns each once coming in and once going out, never again after finding the one
-    it was handed taken (a third of a poll's CPU went to those passes)."""
+    """Requests sent together each take a connection of their own, in a pool of one (one per
+    slot of ``max_connections``): the pool assigns each once coming in and once going out,
+    never again after finding the one it was handed taken, and checks one connection each
+    time (a third of a poll's CPU went to those passes and checks)."""
     import httpcore  # noqa: PLC0415 (only this test looks inside httpx's transport)
 
     assign = httpcore.AsyncConnectionPool._assign_requests_to_connections
@@ -113,6 +114,9 @@ async def test_concurrent_requests_do_not_contend_for_one_connection(
         async with anyio.create_task_group() as group:
             for _ in range(100):
                 group.start_soon(client.get_task, task.id)
+        slots = client._session._slots
+        assert len(slots) == 5
+        assert all(len(slot._pool.connections) <= 1 for slot in slots)  # type: ignore[attr-defined]
     assert passes <= 2 * 100
 
 

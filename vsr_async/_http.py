@@ -88,6 +88,12 @@ def transport_for(client: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseT
     return client._transport_for_url(url)
 
 
+def default_transport(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
+    """The transport ``client`` was made with (``transport_for`` answers it where no mount,
+    no proxy, covers the URL)."""
+    return client._transport
+
+
 def log_sent(request: httpx.Request, response: httpx.Response) -> None:
     """Log the line httpx's ``send()`` logs, for a request sent to its transport directly."""
     if _httpx_logger.isEnabledFor(logging.INFO):
