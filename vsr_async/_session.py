@@ -105,6 +105,10 @@ class Session:
         )
         self._slots = tuple(self._free_slots)  # to close
         self._timeout_extension = http_client.timeout.as_dict()
+        # A GET to the API's host: the headers httpx.Request would merge for it, merged once.
+        api = httpx.URL(self.base_url)
+        self._host = api.netloc
+        self._get_headers = httpx.Headers([(b"Host", api.netloc), *http_client.headers.raw])
         # httpx's read timeout is per read: a server trickling bytes never trips it.
         self.attempt_timeout = _attempt_seconds(timeouts)
         # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
@@ -145,24 +149,30 @@ class Session:
         """One attempt: the body of a 2xx answer (decoded, as sent); else a `VSRError`."""
         self.check_open()
         request = self._build_request(method, url, json)
-        free = self._free_slots
+        free, limiter = self._free_slots, self._limiter
         try:
-            async with self._limiter:
-                # A slot of the limiter, a connection of its own: never none left (one each).
-                slot = free.pop() if free else None
-                try:
-                    # The token after the slot: a token kept while waiting for a slot would let
-                    # requests bunch up behind a busy pool and leave together, over the budget.
-                    sent_at = await self.budget.acquire()
-                    with anyio.fail_after(self.attempt_timeout):
-                        response = await self._transmit(request, slot)
-                        try:
-                            content, whole = await read_bounded(response)
-                        finally:
-                            await response.aclose()
-                finally:
-                    if slot is not None:
-                        free.append(slot)
+            # A free slot without `acquire()`'s two checkpoints (an event loop pass): the
+            # request's own awaits come next, and a cancellation lands there.
+            try:
+                limiter.acquire_nowait()
+            except anyio.WouldBlock:
+                await limiter.acquire()
+            # A slot of the limiter, a connection of its own: never none left (one each).
+            slot = free.pop() if free else None
+            try:
+                # The token after the slot: a token kept while waiting for a slot would let
+                # requests bunch up behind a busy pool and leave together, over the budget.
+                sent_at = await self.budget.acquire()
+                with anyio.fail_after(self.attempt_timeout):
+                    response = await self._transmit(request, slot)
+                    try:
+                        content, whole = await read_bounded(response)
+                    finally:
+                        await response.aclose()
+            finally:
+                if slot is not None:
+                    free.append(slot)
+                limiter.release()
         except TimeoutError as exc:  # our deadline for the whole attempt
             seconds = self.attempt_timeout
             raise APITimeoutError(
@@ -216,6 +226,14 @@ class Session:
             )
         # Ours holds only our headers and timeout: nothing to merge (and no cookies are kept).
         extensions = {"timeout": self._timeout_extension}
+        if method == "GET" and isinstance(url, httpx.URL) and url.netloc == self._host:
+            # A poll: the request httpx.Request builds for a GET, its headers merged in advance
+            # (merging them was most of what building it cost).
+            request = httpx.Request(
+                method, url, headers=self._get_headers, stream=_NO_BODY, extensions=extensions
+            )
+            request.read()  # (as httpx does: a transport may ask for `content`)
+            return request
         return httpx.Request(
             method, url, headers=self._http.headers, json=json, extensions=extensions
         )
@@ -251,6 +269,10 @@ class Session:
                 "use the default transport='httpx'"
             )
         self._asyncio_only = False
+
+
+#: A GET's body, shared by every poll (it is read, never consumed).
+_NO_BODY = httpx.ByteStream(b"")
 
 
 def _one_connection_each(slots: int) -> list[httpx.AsyncBaseTransport]:
