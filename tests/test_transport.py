@@ -148,6 +148,25 @@ async def test_callers_client_keeps_send_and_its_hooks() -> None:
         assert seen[:2] == ["> POST", "< 200"]
 
 
+async def test_callers_hook_may_read_the_body_first() -> None:
+    """A caller's response hook that reads the body (``aread()``) leaves it for us to read
+    again: every call still gets its answer, on every connection of the pool."""
+
+    async def on_response(response: httpx.Response) -> None:
+        await response.aread()
+
+    hooks: dict[str, list[Any]] = {"request": [], "response": [on_response]}
+    async with (
+        httpx.AsyncClient(event_hooks=hooks) as http_client,
+        serving(http_client=http_client) as (emulator, client),
+    ):
+        await every_call(emulator, client)
+        task_id = emulator.add_task(DONE)
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(client.get_task, task_id)
+
+
 async def test_own_client_still_logs_each_request(caplog: pytest.LogCaptureFixture) -> None:
     """The httpx logger's "HTTP Request:" line, which send() writes, is kept without send(),
     word for word."""

@@ -40,6 +40,20 @@ async def read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
     huge = len(length) > len(str(MAX_RESPONSE_BYTES))  # (too many digits for int() even)
     if length.isascii() and length.isdigit() and (huge or int(length) > MAX_RESPONSE_BYTES):
         return b"", False
+    stream = response.stream
+    if (
+        length.isascii()
+        and length.isdigit()
+        and "content-encoding" not in response.headers
+        and not response.is_stream_consumed  # (a caller's response hook may have read it)
+        and isinstance(stream, httpx.AsyncByteStream)
+    ):
+        # A body as sent, of a length within the bound (the transport reads no further):
+        # read straight from the transport's stream, without `aiter_bytes`'s layers of
+        # generators (decoder, chunkers, `aiter_raw`), a tenth of a poll's CPU.
+        response.is_stream_consumed = True
+        content = b"".join([chunk async for chunk in stream])
+        return content[:MAX_RESPONSE_BYTES], len(content) <= MAX_RESPONSE_BYTES
     chunks: list[bytes] = []
     size = 0
     # Leaving the loop early would leave httpx's nested body iterators suspended, for the
