@@ -186,9 +186,15 @@ async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
 
 
 def pool_is_free(client: AsyncVSRClient) -> bool:
-    transport = client._session._http._transport
-    assert isinstance(transport, httpx.AsyncHTTPTransport)
-    return all(c.is_idle() or c.is_closed() for c in transport._pool.connections)
+    """No connection is left taken: the client's pool's, nor those of the API's slots."""
+    session = client._session
+    transports = [session._http._transport, *session._slots]
+    assert all(isinstance(t, httpx.AsyncHTTPTransport) for t in transports)
+    return all(
+        c.is_idle() or c.is_closed()
+        for t in transports
+        for c in t._pool.connections  # type: ignore[attr-defined]
+    )
 
 
 # A slow or silent server cannot hold a call past the timeouts.

@@ -13,7 +13,14 @@ import httpx
 import pytest
 
 from vsr_async import APIConnectionError, APITimeoutError, ResponseValidationError
-from vsr_async._http import error_from_httpx, log_sent, shown_url, transport_for, url_appender
+from vsr_async._http import (
+    default_transport,
+    error_from_httpx,
+    log_sent,
+    shown_url,
+    transport_for,
+    url_appender,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -28,6 +35,17 @@ def test_transport_for_is_the_transport_send_picks() -> None:
     client = httpx.AsyncClient(transport=default, mounts={"https://api.example": mounted})
     assert transport_for(client, httpx.URL("https://api.example/v1/")) is mounted
     assert transport_for(client, httpx.URL("https://other.example/v1/")) is default
+
+
+def test_default_transport_is_the_one_the_client_was_made_with() -> None:
+    """``default_transport`` answers the client's own transport, not a mount's: the session
+    gives the API's requests connections of their own only when that is the one they'd use."""
+    default = httpx.MockTransport(lambda _: httpx.Response(200))
+    mounted = httpx.MockTransport(lambda _: httpx.Response(200))
+    client = httpx.AsyncClient(transport=default, mounts={"https://api.example": mounted})
+    assert default_transport(client) is default
+    plain = httpx.AsyncClient(trust_env=False)  # (no proxy from the environment)
+    assert transport_for(plain, httpx.URL("https://api.example/")) is default_transport(plain)
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,21 @@ async def test_get_task_request() -> None:
     assert request.content == b""
 
 
+async def test_a_polls_request_is_the_one_httpx_builds() -> None:
+    """Our own client builds a poll's GET from headers merged in advance: the same headers, in
+    the same order, the same body and timeout as ``httpx.Request`` builds for it."""
+    async with AsyncVSRClient(SECRET, base_url=BASE) as client:
+        session = client._session
+        url = session.task_url("task-1")
+        ours = session._build_request("GET", url, None)
+        http = session._http
+        extensions = {"timeout": http.timeout.as_dict()}
+        theirs = httpx.Request("GET", url, headers=http.headers, extensions=extensions)
+        assert ours.headers.raw == theirs.headers.raw
+        assert (ours.method, ours.url, ours.content) == (theirs.method, theirs.url, b"")
+        assert ours.extensions == theirs.extensions
+
+
 async def test_timeout_through_a_callers_http_client() -> None:
     """A timeout given to us rides on each request through the caller's client; without one,
     the caller's client keeps its own."""

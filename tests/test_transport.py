@@ -93,9 +93,10 @@ async def test_own_client_sends_straight_to_its_transport() -> None:
 async def test_concurrent_requests_do_not_contend_for_one_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Requests entering httpcore's pool together are each handed their own connection: the
-    pool assigns each once coming in and once going out, never again after finding the one
-    it was handed taken (a third of a poll's CPU went to those passes)."""
+    """Requests sent together each take a connection of their own, in a pool of one (one per
+    slot of ``max_connections``): the pool assigns each once coming in and once going out,
+    never again after finding the one it was handed taken, and checks one connection each
+    time (a third of a poll's CPU went to those passes and checks)."""
     import httpcore  # noqa: PLC0415 (only this test looks inside httpx's transport)
 
     assign = httpcore.AsyncConnectionPool._assign_requests_to_connections
@@ -113,6 +114,9 @@ async def test_concurrent_requests_do_not_contend_for_one_connection(
         async with anyio.create_task_group() as group:
             for _ in range(100):
                 group.start_soon(client.get_task, task.id)
+        slots = client._session._slots
+        assert len(slots) == 5
+        assert all(len(slot._pool.connections) <= 1 for slot in slots)  # type: ignore[attr-defined]
     assert passes <= 2 * 100
 
 
@@ -142,6 +146,25 @@ async def test_callers_client_keeps_send_and_its_hooks() -> None:
             await every_call(emulator, client)
         assert len(seen) == 2 * len(emulator.requests)
         assert seen[:2] == ["> POST", "< 200"]
+
+
+async def test_callers_hook_may_read_the_body_first() -> None:
+    """A caller's response hook that reads the body (``aread()``) leaves it for us to read
+    again: every call still gets its answer, on every connection of the pool."""
+
+    async def on_response(response: httpx.Response) -> None:
+        await response.aread()
+
+    hooks: dict[str, list[Any]] = {"request": [], "response": [on_response]}
+    async with (
+        httpx.AsyncClient(event_hooks=hooks) as http_client,
+        serving(http_client=http_client) as (emulator, client),
+    ):
+        await every_call(emulator, client)
+        task_id = emulator.add_task(DONE)
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(client.get_task, task_id)
 
 
 async def test_own_client_still_logs_each_request(caplog: pytest.LogCaptureFixture) -> None:

@@ -20,6 +20,7 @@ import sniffio
 from ._config import DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, USER_AGENT
 from ._errors import APIStatusError, APITimeoutError, ResponseValidationError
 from ._http import (
+    default_transport,
     error_from_httpx,
     log_sent,
     read_bounded,
@@ -94,17 +95,24 @@ class Session:
         self._transport = (
             transport_for(http_client, httpx.URL(self.base_url)) if self.owns_http_client else None
         )
+        # ... and if that is httpx's own, to one of these instead (see `_one_connection_each`).
+        self._free_slots = (
+            _one_connection_each(max_connections)
+            if self._transport is not None
+            and self._transport is default_transport(http_client)
+            and type(self._transport) is httpx.AsyncHTTPTransport
+            else []
+        )
+        self._slots = tuple(self._free_slots)  # to close
         self._timeout_extension = http_client.timeout.as_dict()
+        # A GET to the API's host: the headers httpx.Request would merge for it, merged once.
+        api = httpx.URL(self.base_url)
+        self._host = api.netloc
+        self._get_headers = httpx.Headers([(b"Host", api.netloc), *http_client.headers.raw])
         # httpx's read timeout is per read: a server trickling bytes never trips it.
         self.attempt_timeout = _attempt_seconds(timeouts)
         # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
         self._limiter = anyio.CapacityLimiter(max_connections)
-        # Only httpx's own transport has httpcore's pool (and its trace events).
-        self._pool_gate = (
-            anyio.Lock(fast_acquire=True)
-            if type(self._transport) is httpx.AsyncHTTPTransport
-            else None
-        )
         self.task_url = url_appender(httpx.URL(f"{self.base_url}/v1/result/"))
         self.closed = False
 
@@ -114,6 +122,8 @@ class Session:
             self.closed = True
             if self.owns_http_client:
                 await self._http.aclose()
+                for slot in self._slots:
+                    await slot.aclose()
 
     def check_open(self) -> None:
         """Raise `RuntimeError` once closed (or on trio with the asyncio-only transport)."""
@@ -139,17 +149,30 @@ class Session:
         """One attempt: the body of a 2xx answer (decoded, as sent); else a `VSRError`."""
         self.check_open()
         request = self._build_request(method, url, json)
+        free, limiter = self._free_slots, self._limiter
         try:
-            async with self._limiter:
+            # A free slot without `acquire()`'s two checkpoints (an event loop pass): the
+            # request's own awaits come next, and a cancellation lands there.
+            try:
+                limiter.acquire_nowait()
+            except anyio.WouldBlock:
+                await limiter.acquire()
+            # A slot of the limiter, a connection of its own: never none left (one each).
+            slot = free.pop() if free else None
+            try:
                 # The token after the slot: a token kept while waiting for a slot would let
                 # requests bunch up behind a busy pool and leave together, over the budget.
                 sent_at = await self.budget.acquire()
                 with anyio.fail_after(self.attempt_timeout):
-                    response = await self._transmit(request)
+                    response = await self._transmit(request, slot)
                     try:
                         content, whole = await read_bounded(response)
                     finally:
                         await response.aclose()
+            finally:
+                if slot is not None:
+                    free.append(slot)
+                limiter.release()
         except TimeoutError as exc:  # our deadline for the whole attempt
             seconds = self.attempt_timeout
             raise APITimeoutError(
@@ -203,6 +226,14 @@ class Session:
             )
         # Ours holds only our headers and timeout: nothing to merge (and no cookies are kept).
         extensions = {"timeout": self._timeout_extension}
+        if method == "GET" and isinstance(url, httpx.URL) and url.netloc == self._host:
+            # A poll: the request httpx.Request builds for a GET, its headers merged in advance
+            # (merging them was most of what building it cost).
+            request = httpx.Request(
+                method, url, headers=self._get_headers, stream=_NO_BODY, extensions=extensions
+            )
+            request.read()  # (as httpx does: a transport may ask for `content`)
+            return request
         return httpx.Request(
             method, url, headers=self._http.headers, json=json, extensions=extensions
         )
@@ -213,49 +244,18 @@ class Session:
         retry_after = None if 200 <= status < 300 else response.headers.get("retry-after")
         self.budget.answered(sent_at, status, retry_after)
 
-    async def _transmit(self, request: httpx.Request) -> httpx.Response:
+    async def _transmit(
+        self, request: httpx.Request, slot: httpx.AsyncBaseTransport | None
+    ) -> httpx.Response:
         """The streamed response: through the caller's client's ``send()``, so its hooks and
-        auth apply, or straight through our own client's transport."""
+        auth apply, or straight through our own client's transport (or ``slot``)."""
         hooks = self._http.event_hooks  # on ours too, should someone have hooked it
         if self._transport is None or hooks["request"] or hooks["response"]:
             return await self._http.send(request, stream=True)
-        response = await self._through_pool(self._transport, request)
+        response = await (slot or self._transport).handle_async_request(request)
         response.request = request
         log_sent(request, response)
         return response
-
-    async def _through_pool(
-        self, transport: httpx.AsyncBaseTransport, request: httpx.Request
-    ) -> httpx.Response:
-        """``transport``'s answer, the request entering httpcore's pool one at a time.
-
-        httpcore hands a new request the first idle connection, which stays idle until its
-        request gets going a few scheduling steps later: requests arriving together are handed
-        the same connection, all but one find it taken and queue again, and every pass over
-        the queue checks every connection (a third of a poll's CPU went there). So a request
-        holds `_pool_gate` until httpcore's first trace event: by then its connection is taken
-        (or being opened), and the next request is handed another.
-        """
-        gate = self._pool_gate
-        if gate is None:
-            return await transport.handle_async_request(request)
-        await gate.acquire()
-        holding = True
-
-        async def on_trace(_name: str, _info: object) -> None:
-            nonlocal holding
-            if holding:
-                holding = False
-                gate.release()
-            request.extensions.pop("trace", None)  # (httpcore's dict: no more events)
-
-        request.extensions["trace"] = on_trace
-        try:
-            return await transport.handle_async_request(request)
-        finally:
-            if holding:  # an error, or a transport that does not trace
-                holding = False
-                gate.release()
 
     def _check_asyncio(self) -> None:
         """Refuse a transport made for asyncio on another event loop (checked once, in one)."""
@@ -269,6 +269,24 @@ class Session:
                 "use the default transport='httpx'"
             )
         self._asyncio_only = False
+
+
+#: A GET's body, shared by every poll (it is read, never consumed).
+_NO_BODY = httpx.ByteStream(b"")
+
+
+def _one_connection_each(slots: int) -> list[httpx.AsyncBaseTransport]:
+    """``slots`` transports of one connection each, in place of one pool of ``slots``: each
+    request of the API takes a free one for itself.
+
+    On every request and every release httpcore's pool checks each of its connections (is it
+    idle, expired, closed by the server: a syscall and anyio's socket attributes each time),
+    and requests arriving together are handed the same idle connection and go round the pool
+    again. A pool of one, for one request at a time, checks one connection, once each way.
+    """
+    context = httpx.create_ssl_context()  # what httpx's default transport makes, made once
+    one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    return [httpx.AsyncHTTPTransport(verify=context, limits=one) for _ in range(slots)]
 
 
 def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
