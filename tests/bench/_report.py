@@ -62,8 +62,26 @@ def options() -> argparse.ArgumentParser:
     return parser
 
 
+def summary(markdown: str) -> str:
+    """One table of every target of the benchmarks' Markdown: each line ``- ...: **PASS**.``
+    or ``**MISS**.`` under its benchmark's ``###`` heading, with its figure, its baseline and
+    its target in words, as the benchmark wrote them."""
+    rows, heading = [], ""
+    for line in markdown.splitlines():
+        if line.startswith("### "):
+            heading = line.removeprefix("### ")
+        elif line.startswith("- ") and line.rstrip().endswith(("**PASS**.", "**MISS**.")):
+            text, _, met = line.removeprefix("- ").rstrip().removesuffix(".").rpartition(": ")
+            rows.append([heading, text.replace("|", "/"), met])
+    if not rows:
+        return ""
+    return "### Every target\n\n" + table(["Benchmark", "Figure, baseline, target", "Met"], rows)
+
+
 def finish(reports: Sequence[Report], out: Path | None, *, strict: bool) -> int:
     markdown = "\n\n".join(report.markdown for report in reports) + "\n"
+    if every := summary(markdown):
+        markdown = every + "\n\n" + markdown
     print("\n" + markdown)
     if out is not None:
         out.write_text(markdown, encoding="utf-8")
