@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -62,6 +63,10 @@ def options() -> argparse.ArgumentParser:
     return parser
 
 
+#: A target's verdict in a benchmark's Markdown line.
+_VERDICT = re.compile(r": (?P<met>\*\*(?:PASS|MISS)\*\*)\.?")
+
+
 def summary(markdown: str) -> str:
     """One table of every target of the benchmarks' Markdown: each line ``- ...: **PASS**.``
     or ``**MISS**.`` under its benchmark's ``###`` heading, with its figure, its baseline and
@@ -70,9 +75,9 @@ def summary(markdown: str) -> str:
     for line in markdown.splitlines():
         if line.startswith("### "):
             heading = line.removeprefix("### ")
-        elif line.startswith("- ") and line.rstrip().endswith(("**PASS**.", "**MISS**.")):
-            text, _, met = line.removeprefix("- ").rstrip().removesuffix(".").rpartition(": ")
-            rows.append([heading, text.replace("|", "/"), met])
+        elif line.startswith("- ") and (found := _VERDICT.search(line)):
+            text = line[2 : found.start()] + line[found.end() :].removesuffix(".")
+            rows.append([heading, text.replace("|", "/"), found["met"]])
     if not rows:
         return ""
     return "### Every target\n\n" + table(["Benchmark", "Figure, baseline, target", "Met"], rows)
