@@ -173,14 +173,14 @@ def test_try_acquire_says_how_long_to_wait() -> None:
 def answer_window(
     budget: RateBudget, clock: FakeClock, accepted: int, refused: int, seconds: float = 1.0
 ) -> None:
-    """Requests sent and answered evenly over ``seconds``: ``refused`` of them 429s, spread
-    among the ``accepted`` ones."""
+    """Requests sent evenly over ``seconds`` and answered at once: ``refused`` of them 429s,
+    spread among the ``accepted`` ones."""
     total, start = accepted + refused, clock.now
     for index in range(total):
-        sent = clock.now
-        clock.now = start + seconds * (index + 1) / total
+        clock.now = start + seconds * index / (total - 1)
         refuse = (index + 1) * refused // total > index * refused // total
-        budget.answered(sent, 429 if refuse else 200)
+        budget.answered(clock.now, 429 if refuse else 200)
+    clock.now += seconds / (total - 1)  # (the next window's first request after the last)
 
 
 def test_a_window_of_429s_cuts_to_the_rate_the_server_accepted() -> None:
@@ -743,6 +743,22 @@ def test_the_limit_can_change_while_the_client_runs() -> None:
     budget.set_limit(None)
     assert budget.try_acquire() == 0.0
     assert budget.current is None
+
+
+def test_a_ceiling_moving_keeps_what_the_429s_taught() -> None:
+    """A fleet worker's share moves every second: a ceiling lowered below the learnt rate
+    and raised again leaves the learnt rate in force."""
+    clock = FakeClock()
+    budget = RateBudget(200.0, clock=clock)
+    answer_window(budget, clock, accepted=40, refused=60)
+    learnt = budget.current
+    assert learnt is not None
+    assert learnt < 50
+    budget.set_limit(10.0)
+    budget.answered(clock.now, 200)
+    budget.set_limit(200.0)
+    assert budget.current is not None
+    assert budget.current < 50
 
 
 def test_a_clients_rate_limit_is_settable() -> None:

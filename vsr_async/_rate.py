@@ -61,9 +61,11 @@ if TYPE_CHECKING:
 _ROUNDING = 1e-9
 #: The longest a waiter sleeps before it looks again: a new limit holds within this long.
 _RECHECK = 0.5
-#: A window this many times `QUOTA_WINDOW` old without enough answers to judge is dropped: too
-#: sparse to learn a quota from, and its idle time would count as the quota's.
+#: A window this many times `QUOTA_WINDOW` long without enough answers to judge is dropped: too
+#: sparse to learn a quota from.
 _STALE_WINDOWS = 10
+#: Seconds without a request that start a window again: idle time is not the quota's.
+_IDLE = 5.0
 
 
 class RateBudget:
@@ -85,8 +87,10 @@ class RateBudget:
         self._tokens = self._capacity()
         self._updated: float | None = None  # (no clock before the event loop runs)
         self._not_before = -math.inf  # no token before then: the server's pause
-        # The current window: requests sent from `_opened` on, their answers and 429s.
+        # The current window: requests sent from `_opened` on, their answers and 429s, and
+        # when the last of them was sent (their rate is over the time they were sent in).
         self._opened: float | None = None  # (opens at the first request answered)
+        self._last_sent = -math.inf
         self._answers = self._refused = 0
         self._lock = anyio.Lock()  # waiters are served first come, first served
 
@@ -157,7 +161,7 @@ class RateBudget:
         sending, not paused."""
         until = self._refill() + min(seconds, MAX_RETRY_AFTER)
         self._not_before = max(self._not_before, until)
-        self._opened, self._answers, self._refused = self._not_before, 0, 0
+        self._open(self._not_before)
 
     def _count(self, sent_at: float, now: float, *, refused: bool) -> None:
         """Add an answer to the window; close the window once it has enough to judge."""
@@ -165,34 +169,47 @@ class RateBudget:
             self._opened = sent_at
         if sent_at < self._opened:
             return  # sent before the window opened: news of the rate before
+        if self._answers and sent_at - self._last_sent > _IDLE:
+            self._open(sent_at)  # an idle spell is not the quota's: start again from here
         self._answers += 1
         self._refused += refused
-        age = now - self._opened
-        if age < QUOTA_WINDOW:
+        self._last_sent = max(self._last_sent, sent_at)
+        # Over the time the window's requests were sent in (not to their answers, a latency
+        # later: that would count the latency as the quota's).
+        span = self._last_sent - self._opened
+        if span < QUOTA_WINDOW:
             return
         refusing = self._refused >= max(QUOTA_REFUSALS, QUOTA_REFUSED * self._answers)
         if refusing or self._answers >= QUOTA_ANSWERS:
-            self._judge(age)
-        elif age < _STALE_WINDOWS * QUOTA_WINDOW:
-            return
-        self._opened, self._answers, self._refused = now, 0, 0
+            self._judge(span)
+        elif span < _STALE_WINDOWS * QUOTA_WINDOW:
+            return  # (else too sparse to learn from)
+        self._open(now)
 
-    def _judge(self, age: float) -> None:
+    def _open(self, at: float) -> None:
+        """A new window, for the requests sent from ``at`` on."""
+        self._opened, self._last_sent, self._answers, self._refused = at, -math.inf, 0, 0
+
+    def _judge(self, span: float) -> None:
         """Cut the rate if the window's 429s say the client asks for more than the quota."""
-        accepted = (self._answers - self._refused) / age
-        self._peak = max(self._peak, accepted)
+        accepted = (self._answers - self._refused) / span
         if self._refused >= QUOTA_REFUSED * self._answers:
-            # (Nothing accepted: QUOTA_FLOOR, a probe a second until one goes through.)
+            # The quota as measured now (it may have shrunk); unless nothing went through, a
+            # closed door, not a quota: then QUOTA_FLOOR, a probe a second until one goes
+            # through, and the climb back at the pace of the quota known before.
+            self._peak = accepted or self._peak
             self._learnt = max(QUOTA_FLOOR, min(QUOTA_DECREASE * accepted, self._learnt))
             self._set_rate()
+        else:
+            self._peak = max(self._peak, accepted)
 
     def _succeeded(self) -> None:
         """A request went through: the learnt rate climbs."""
         if self._learnt < math.inf:
-            step = QUOTA_RECOVERY * max(self._peak, QUOTA_FLOOR)
-            self._learnt += step / self._learnt
-            if self.limit is not None and self._learnt >= self.limit:
-                self._learnt = math.inf  # back to the ceiling
+            before = self._learnt
+            self._learnt += QUOTA_RECOVERY * max(self._peak, QUOTA_FLOOR) / before
+            if self.limit is not None and before < self.limit <= self._learnt:
+                self._learnt = math.inf  # climbed back to the ceiling (not: the ceiling fell)
             self._set_rate()
 
     def _allowed(self) -> float:
@@ -215,6 +232,7 @@ class RateBudget:
                 self._not_before += elapsed
                 if self._opened is not None:
                     self._opened += elapsed
+                    self._last_sent += elapsed
                 elapsed = 0.0
             if self._rate < math.inf:
                 self._tokens = min(self._capacity(), self._tokens + elapsed * self._rate)

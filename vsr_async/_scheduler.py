@@ -15,8 +15,8 @@ record is dropped and a poll of it in flight is cancelled. A task whose poll fai
 5xx, a dropped connection...) is polled again after the ``Retry-After`` or backoff, sooner than
 its interval for its first `QUICK_RETRIES` failures in a row, then no sooner than its interval;
 the session's rate budget learns from every answer. When the budget pauses every request of
-the client (a long ``Retry-After``, 429s in a row), the dispatcher holds due records until the
-pause ends.
+the client (a ``Retry-After`` of `PAUSE_RETRY_AFTER` or more), the dispatcher holds due records
+until the pause ends.
 """
 
 from __future__ import annotations

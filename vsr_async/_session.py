@@ -121,9 +121,10 @@ class Session:
         if not self.closed:
             self.closed = True
             if self.owns_http_client:
-                await self._http.aclose()
-                for slot in self._slots:
-                    await slot.aclose()
+                async with contextlib.AsyncExitStack() as stack:  # each closed, come what may
+                    stack.push_async_callback(self._http.aclose)
+                    for slot in self._slots:
+                        stack.push_async_callback(slot.aclose)
 
     def check_open(self) -> None:
         """Raise `RuntimeError` once closed (or on trio with the asyncio-only transport)."""

@@ -240,7 +240,7 @@ class Worker:
             except UNREACHABLE as exc:
                 await outage.failed(exc)
             except coredis.exceptions.StreamConsumerGroupError:
-                pass  # Redis lost its data: `_take` makes the group again; kept for then
+                await self._join()  # Redis lost its data (`_take` may wait for room); kept
             else:
                 outage.recovered()
 
@@ -277,7 +277,8 @@ class Worker:
             except UNREACHABLE as exc:
                 await outage.failed(exc)
             except coredis.exceptions.StreamConsumerGroupError:
-                pass  # Redis lost its data: `_take` makes the group again, then these renew
+                await self._join()  # Redis lost its data (`_take` may wait for room)
+                await anyio.sleep(self.fleet.lease / 3)
             else:
                 outage.recovered()
 
