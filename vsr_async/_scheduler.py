@@ -87,7 +87,8 @@ class WatchStats:
         rate_limited: Polls answered 429 (counted in ``retries`` too).
         rate: Polls sent per second, over the last few seconds.
         allowed_rate: The requests per second the client allows now (its
-            `AsyncVSRClient.current_rate`), or ``None`` without a ``rate_limit``.
+            `AsyncVSRClient.current_rate`), or ``None`` while it has neither a
+            ``rate_limit`` nor a quota learnt from 429s.
     """
 
     watched: int
