@@ -22,6 +22,7 @@ LAYERS = {
     "_http": 2,
     "_retry": 2,
     "_rate": 2,
+    "_hooks": 2,
     "_session": 3,
     "_tasks": 4,
     "_scheduler": 5,

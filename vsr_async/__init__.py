@@ -21,6 +21,16 @@ from ._errors import (
     VSRError,
     WaitTimeoutError,
 )
+from ._hooks import (
+    CreateDetails,
+    DownloadDetails,
+    Hooks,
+    PollDetails,
+    RequestDetails,
+    RetryDetails,
+    TransitionDetails,
+    WatchDetails,
+)
 from ._models import Model, Task, TaskError, TaskStatus
 from ._schedule import Schedule, Stretching
 from ._scheduler import WatchStats
@@ -33,13 +43,19 @@ __all__ = [
     "AsyncVSRClient",
     "AuthenticationError",
     "BadRequestError",
+    "CreateDetails",
+    "DownloadDetails",
     "DownloadError",
+    "Hooks",
     "Model",
     "PermissionDeniedError",
+    "PollDetails",
     "RateLimitError",
+    "RequestDetails",
     "ResponseValidationError",
     "ResultExpiredError",
     "ResultNotReadyError",
+    "RetryDetails",
     "Schedule",
     "ServerError",
     "Stretching",
@@ -49,8 +65,10 @@ __all__ = [
     "TaskNotFoundError",
     "TaskStatus",
     "Transition",
+    "TransitionDetails",
     "VSRError",
     "WaitTimeoutError",
+    "WatchDetails",
     "WatchStats",
     "Watcher",
     "__version__",

@@ -24,6 +24,7 @@ from ._config import (
 )
 from ._download import download
 from ._errors import TaskFailedError, WaitTimeoutError
+from ._hooks import guarded
 from ._models import TaskStatus
 from ._retry import RetryPolicy
 from ._scheduler import Scheduler
@@ -40,13 +41,14 @@ from ._validate import (
 from ._watch import Watcher
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
     from types import TracebackType
 
     import httpx
     from anyio.abc import TaskGroup
 
+    from ._hooks import Hooks
     from ._models import Model, Task
     from ._schedule import Schedule
     from ._scheduler import WatchStats
@@ -84,6 +86,10 @@ class AsyncVSRClient:
             queries, creates, downloads): a ceiling. With it or without (``None``, the
             default), the client learns the server's quota from its 429s and keeps under it
             (see `current_rate`).
+        hooks: `Hooks` (one, or several in order) called for every HTTP attempt, poll, retry,
+            status change, watch, create and download, with a frozen details object: for
+            metrics and traces (`vsr_async.otel.OpenTelemetryHooks` is one). None by default,
+            and then nothing is spent on them.
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class AsyncVSRClient:
         http_client: httpx.AsyncClient | None = None,
         transport: str = DEFAULT_TRANSPORT,
         rate_limit: float | None = None,
+        hooks: Hooks | Sequence[Hooks] | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
         check_api_key(api_key)
@@ -118,6 +125,7 @@ class AsyncVSRClient:
             http_client=http_client,
             transport=transport,
             rate_limit=rate_limit,
+            hooks=guarded(hooks),
         )
         self._tasks = Tasks(self._session)
         self._scheduler = Scheduler(self._tasks, workers=self.max_connections)

@@ -32,6 +32,7 @@ from ._errors import (
     parse_retry_after,
     status_error_class,
 )
+from ._hooks import DownloadDetails, RetryDetails
 from ._http import shown_url
 from ._models import Task, TaskStatus
 from ._retry import is_transient
@@ -87,11 +88,19 @@ async def download(
     if part in _active:
         raise RuntimeError(f"{path} is already being downloaded")
     _active.add(part)
+    transfer = _Transfer(tasks, task_id, url, part, progress)
+    start, error = anyio.current_time(), None
     try:
-        await _Transfer(tasks, task_id, url, part, progress).run()
+        await transfer.run()
         await anyio.to_thread.run_sync(_publish, part, path, overwrite)
+    except Exception as exc:
+        error = exc
+        raise
     finally:
         _active.discard(part)
+        if (hooks := tasks.session.hooks) is not None:
+            duration = anyio.current_time() - start
+            hooks.on_download(DownloadDetails(task_id, path, transfer.received, duration, error))
     return path
 
 
@@ -212,6 +221,7 @@ class _Transfer:
         self.etag_file = part.with_name(part.name + ".etag")
         self.progress = progress
         self.done = 0
+        self.received = 0  # bytes from the network, in this call
         self.total: int | None = None
         self.encoded = False
         self.etag: str | None = None
@@ -219,7 +229,9 @@ class _Transfer:
     async def run(self) -> None:
         self.etag = await anyio.to_thread.run_sync(self._saved_etag)
         # Retried: transient errors (checked below) and transfers that broke off.
-        retries = self.session.retry.retries(f"GET {shown_url(self.url)}", retry_if=_any)
+        retries = self.session.retry.retries(
+            f"GET {shown_url(self.url)}", retry_if=_any, on_retry=self._on_retry
+        )
         while True:
             before = self.done
             try:
@@ -372,6 +384,7 @@ class _Transfer:
                             batch.append(chunk)
                             pending += len(chunk)
                             received += len(chunk)
+                            self.received += len(chunk)
                             self._report(received)
                             if pending >= DOWNLOAD_BUFFER:
                                 full, batch, pending = batch, [], 0
@@ -407,6 +420,10 @@ class _Transfer:
                     self.done += await anyio.to_thread.run_sync(_append, file, batch, self.done)
             except Exception as exc:  # noqa: BLE001 - handed back to _receive
                 failures.append(exc)
+
+    def _on_retry(self, error: VSRError, attempt: int, delay: float) -> None:
+        if (hooks := self.session.hooks) is not None:
+            hooks.on_retry(RetryDetails("download", self.task_id, attempt, delay, error))
 
     def _report(self, received: int) -> None:
         """Tell ``progress`` of the bytes received: on disk, and waiting to be written."""

@@ -24,6 +24,10 @@ from ._errors import APIConnectionError, APIStatusError, RateLimitError, VSRErro
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from typing import TypeAlias
+
+    #: Told of a retry: ``on_retry(error, number, delay)``, the number counted from 1.
+    OnRetry: TypeAlias = Callable[[VSRError, int, float], None]
 
 T = TypeVar("T")
 
@@ -92,9 +96,15 @@ class RetryPolicy:
             raise exc
         return retry_after
 
-    def retries(self, what: str, *, retry_if: Callable[[VSRError], bool] = is_transient) -> Retries:
+    def retries(
+        self,
+        what: str,
+        *,
+        retry_if: Callable[[VSRError], bool] = is_transient,
+        on_retry: OnRetry | None = None,
+    ) -> Retries:
         """A counter of one call's retries, for a caller with a loop of its own."""
-        return Retries(self, what, retry_if)
+        return Retries(self, what, retry_if, on_retry)
 
     async def call(
         self,
@@ -102,6 +112,7 @@ class RetryPolicy:
         what: str,
         *,
         retry_if: Callable[[VSRError], bool] = is_transient,
+        on_retry: OnRetry | None = None,
     ) -> T:
         """``await attempt()``, retried while ``retry_if`` says so and retries are left.
 
@@ -109,8 +120,10 @@ class RetryPolicy:
             attempt: One try; it raises a `VSRError` on failure.
             what: What it does, for the log (``"GET https://..."``, no secrets).
             retry_if: Which failures to retry.
+            on_retry: Told of each retry before its wait, as ``on_retry(error, number,
+                delay)`` (the instrumentation hooks).
         """
-        retries = self.retries(what, retry_if=retry_if)
+        retries = self.retries(what, retry_if=retry_if, on_retry=on_retry)
         while True:
             try:
                 return await attempt()
@@ -122,11 +135,16 @@ class Retries:
     """One call's failures under a `RetryPolicy`; made by `RetryPolicy.retries`."""
 
     def __init__(
-        self, policy: RetryPolicy, what: str, retry_if: Callable[[VSRError], bool]
+        self,
+        policy: RetryPolicy,
+        what: str,
+        retry_if: Callable[[VSRError], bool],
+        on_retry: OnRetry | None = None,
     ) -> None:
         self.policy = policy
         self.what = what
         self.retry_if = retry_if
+        self.on_retry = on_retry
         self.failures = 0
 
     async def wait(self, exc: VSRError) -> None:
@@ -137,6 +155,8 @@ class Retries:
         delay = self.policy.delay(exc, self.failures)
         self.failures += 1
         logger.warning("%s: retry %d in %.2f s after %s", self.what, self.failures, delay, exc)
+        if self.on_retry is not None:
+            self.on_retry(exc, self.failures, delay)
         await anyio.sleep(delay)
 
     def reset(self) -> None:

@@ -26,6 +26,7 @@ import itertools
 import logging
 import math
 import random
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -47,12 +48,14 @@ from ._errors import (
     VSRError,
     WaitTimeoutError,
 )
+from ._hooks import PollDetails, RetryDetails, TransitionDetails, WatchDetails
 from ._retry import is_transient
 from ._validate import check_seconds
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+    from ._hooks import Hooks
     from ._models import Task
     from ._schedule import Schedule
     from ._tasks import Tasks
@@ -140,6 +143,7 @@ class _Record:
     failures: int = 0  # consecutive transient failures
     malformed: int = 0  # consecutive unreadable answers
     version: int = 0  # bumped when rescheduled or dropped: older heap entries are stale
+    due: float = 0.0  # when its next poll is due (told to the hooks as lateness)
     polling: anyio.CancelScope | None = None  # the poll in flight
     unwound: anyio.Event | None = None  # set once a cancelled poll in flight has unwound
 
@@ -159,6 +163,7 @@ class Scheduler:
         self._tasks = tasks
         self._budget = tasks.session.budget  # holds the server's pauses, for the whole client
         self._retry = tasks.session.retry
+        self._hooks = tasks.session.hooks
         self._workers = workers
         self._records: dict[str, _Record] = {}
         self._due: list[tuple[float, int, _Record | _Expiry, int]] = []
@@ -179,7 +184,10 @@ class Scheduler:
             now = anyio.current_time()
             record = self._records[task_id] = _Record(task_id, since=now)
             self._schedule(record, now)
-        self._subscriptions += subscriber not in record.subscribers
+        if subscriber not in record.subscribers:
+            self._subscriptions += 1
+            if self._hooks is not None:
+                self._hooks.on_watch(WatchDetails(task_id, subscriber))
         record.subscribers[subscriber] = schedule
         if subscriber.timeout < math.inf:
             record.waiting.append(subscriber)
@@ -189,10 +197,18 @@ class Scheduler:
     def unsubscribe(self, subscriber: Subscriber, task_id: str) -> anyio.Event | None:
         """Drop ``subscriber``'s interest; the task's last subscriber leaving stops its polls.
         Returns, if a poll of it was in flight, the event set once that poll has unwound."""
+        return self._leave(subscriber, task_id, None)
+
+    def _leave(
+        self, subscriber: Subscriber, task_id: str, error: Exception | None
+    ) -> anyio.Event | None:
         record = self._records.get(task_id)
         if record is None or record.subscribers.pop(subscriber, None) is None:
             return None
         self._subscriptions -= 1
+        if self._hooks is not None:
+            details = WatchDetails(task_id, subscriber, ended=True, task=record.task, error=error)
+            self._hooks.on_watch(details)
         if not record.subscribers:
             self._drop(record)
         return record.unwound
@@ -235,7 +251,8 @@ class Scheduler:
             if isinstance(item, _Expiry):
                 self._expire(item)
             elif (pause := self._budget.paused_for()) > 0:
-                self._schedule(item, now + pause)  # due again when it ends
+                item.version += 1  # due again when it ends (and late since it was due)
+                self._push(now + pause, item, item.version)
             else:
                 item.version += 1  # (in a worker's hands: no other entry counts meanwhile)
                 await jobs.send(item)
@@ -253,7 +270,7 @@ class Scheduler:
         waiting, record.waiting = record.waiting, []
         try:
             with anyio.CancelScope() as record.polling:
-                task = await self._send_poll(record.task_id)
+                task = await self._send_poll(record)
         except (AuthenticationError, PermissionDeniedError):
             raise  # the key is bad for every task: _work ends every subscription with it
         except VSRError as exc:
@@ -269,12 +286,17 @@ class Scheduler:
             for subscriber in waiting:
                 if subscriber in record.subscribers:
                     self._push(now + subscriber.timeout, _Expiry(subscriber, record), 0)
-        if not record.subscribers:  # cancelled: its last subscriber left
-            return
+        if record.subscribers:  # (else cancelled: its last subscriber left)
+            self._answered(record, task)
+
+    def _answered(self, record: _Record, task: Task) -> None:
+        """Tell the subscribers of a poll's answer, and schedule the next one."""
         previous = None if record.task is None else record.task.status
         record.task, record.failures, record.malformed = task, 0, 0
         if previous is None or task.status.casefold() != previous.casefold():
             record.since = anyio.current_time()
+            if self._hooks is not None:
+                self._hooks.on_transition(TransitionDetails(record.task_id, previous, task))
         for subscriber in list(record.subscribers):
             subscriber.observe(record.task_id, task)
         if task.is_terminal:
@@ -283,15 +305,36 @@ class Scheduler:
             now = anyio.current_time()
             self._schedule(record, now + self._next_interval(record, now))
 
-    async def _send_poll(self, task_id: str) -> Task:
+    async def _send_poll(self, record: _Record) -> Task:
         assert self._meter is not None  # noqa: S101
         self._polls += 1
         self._in_flight += 1
         self._meter.hit(anyio.current_time())
         try:
-            return await self._tasks.fetch(task_id)
+            if self._hooks is None:
+                return await self._tasks.fetch(record.task_id)
+            return await self._told_poll(record, self._hooks)
         finally:
             self._in_flight -= 1
+
+    async def _told_poll(self, record: _Record, hooks: Hooks) -> Task:
+        """The poll, its answer or failure told to ``hooks``."""
+        attempt, started, start = record.failures, time.time(), anyio.current_time()
+        lateness = max(start - record.due, 0.0)
+        task, error = None, None
+        try:
+            task = await self._tasks.fetch(record.task_id)
+        except VSRError as exc:
+            error = exc
+            raise
+        finally:
+            if task is not None or error is not None:  # (not when cancelled)
+                duration = anyio.current_time() - start
+                details = PollDetails(
+                    record.task_id, attempt, started, duration, lateness, task, error
+                )
+                hooks.on_poll(details)
+        return task
 
     def _failed(self, record: _Record, exc: VSRError) -> None:
         """A poll that failed with ``exc``: the task given up, or polled again later."""
@@ -304,7 +347,7 @@ class Scheduler:
         if give_up:
             for subscriber in list(record.subscribers):
                 subscriber.observe(record.task_id, record.task, exc)
-            self._drop(record)
+            self._drop(record, exc)
         else:
             self._retry_later(record, exc)
 
@@ -333,6 +376,9 @@ class Scheduler:
         if record.failures > QUICK_RETRIES:  # it keeps failing: no sooner than its interval
             delay = max(delay, self._next_interval(record, now))
         logger.debug("polling %r failed (%s); again in %.2f s", record.task_id, exc, delay)
+        if self._hooks is not None:
+            what = "GET /v1/result/{id}"
+            self._hooks.on_retry(RetryDetails(what, record.task_id, record.failures, delay, exc))
         self._schedule(record, now + delay)
 
     def _expire(self, expiry: _Expiry) -> None:
@@ -340,23 +386,30 @@ class Scheduler:
         subscriber, record = expiry.subscriber, expiry.record
         error = WaitTimeoutError(record.task_id, subscriber.timeout, record.task)
         subscriber.observe(record.task_id, record.task, error)
-        self.unsubscribe(subscriber, record.task_id)
+        self._leave(subscriber, record.task_id, error)
 
     def _fail_all(self, exc: Exception) -> None:
         """End every subscription with ``exc`` and forget every task."""
         subscribers = {s for r in self._records.values() for s in r.subscribers}
         records = list(self._records.values())
         for record in records:
-            self._drop(record)
+            self._drop(record, exc)
         unwinding = [r.unwound for r in records if r.unwound is not None]
         for subscriber in subscribers:
             subscriber.fail(exc, unwinding)
 
-    def _drop(self, record: _Record) -> None:
+    def _drop(self, record: _Record, error: Exception | None = None) -> None:
+        """Forget a task: it ended (``error``: given up), or its last subscriber left."""
         if self._records.get(record.task_id) is record:
             del self._records[record.task_id]
         record.version += 1
         self._subscriptions -= len(record.subscribers)
+        if self._hooks is not None:
+            for subscriber in record.subscribers:
+                details = WatchDetails(
+                    record.task_id, subscriber, ended=True, task=record.task, error=error
+                )
+                self._hooks.on_watch(details)
         record.subscribers.clear()
         if record.polling is not None and record.unwound is None:
             record.polling.cancel()
@@ -364,6 +417,7 @@ class Scheduler:
 
     def _schedule(self, record: _Record, when: float) -> None:
         record.version += 1
+        record.due = when
         self._push(when, record, record.version)
 
     def _push(self, when: float, item: _Record | _Expiry, version: int) -> None:

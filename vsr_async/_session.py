@@ -18,7 +18,8 @@ import httpx
 import sniffio
 
 from ._config import DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, USER_AGENT
-from ._errors import APIStatusError, APITimeoutError, ResponseValidationError
+from ._errors import APIStatusError, APITimeoutError, ResponseValidationError, VSRError
+from ._hooks import RequestDetails, RetryDetails
 from ._http import (
     default_transport,
     error_from_httpx,
@@ -35,7 +36,7 @@ from ._retry import is_transient
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
-    from ._errors import VSRError
+    from ._hooks import Guarded
     from ._retry import RetryPolicy
 
 
@@ -54,12 +55,14 @@ class Session:
         http_client: httpx.AsyncClient | None,
         transport: str,
         rate_limit: float | None,
+        hooks: Guarded | None = None,
     ) -> None:
         self.secret = api_key  # to mask wherever an error or a log line quotes a server
         self.base_url = base_url
         self.retry = retry
         self.max_connections = max_connections
         self.budget = RateBudget(rate_limit)
+        self.hooks = hooks  # told of every attempt here, and of the layers above's work
         self._asyncio_only = transport == "aiohttp"  # until checked in an event loop
         if self._asyncio_only:
             self._check_asyncio()  # made in one already? (else the first request checks)
@@ -114,6 +117,7 @@ class Session:
         # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
         self._limiter = anyio.CapacityLimiter(max_connections)
         self.task_url = url_appender(httpx.URL(f"{self.base_url}/v1/result/"))
+        self._task_path = httpx.URL(f"{self.base_url}/v1/result/").path
         self.closed = False
 
     async def aclose(self) -> None:
@@ -140,14 +144,53 @@ class Session:
         *,
         retry_if: Callable[[VSRError], bool] = is_transient,
         json: Any = None,
+        retried: list[RetryDetails] | None = None,
     ) -> bytes:
-        """`send`, retried by the policy while ``retry_if`` says so."""
+        """`send`, retried by the policy while ``retry_if`` says so (each retry appended to
+        ``retried``, if given, and told to the hooks)."""
+        on_retry = None
+        if self.hooks is not None or retried is not None:
+            what = f"{method} {self.endpoint(url)}"
+            task_id = httpx.URL(url).path.rpartition("/")[2] if method == "GET" else None
+
+            def on_retry(exc: VSRError, attempt: int, delay: float) -> None:
+                details = RetryDetails(what, task_id, attempt, delay, exc)
+                if retried is not None:
+                    retried.append(details)
+                if self.hooks is not None:
+                    self.hooks.on_retry(details)
+
         return await self.retry.call(
-            lambda: self.send(method, url, json=json), f"{method} {url}", retry_if=retry_if
+            lambda: self.send(method, url, json=json),
+            f"{method} {url}",
+            retry_if=retry_if,
+            on_retry=on_retry,
         )
+
+    def endpoint(self, url: str | httpx.URL) -> str:
+        """The API endpoint ``url`` is for, without IDs (``"/v1/result/{id}"``): what a metric
+        or a log may name."""
+        path = httpx.URL(url).path
+        if path.startswith(self._task_path):
+            return "/v1/result/{id}"
+        return path.removeprefix(httpx.URL(self.base_url).path)
 
     async def send(self, method: str, url: str | httpx.URL, *, json: Any = None) -> bytes:
         """One attempt: the body of a 2xx answer (decoded, as sent); else a `VSRError`."""
+        if self.hooks is None:
+            return await self._send(method, url, json, None)
+        attempt = _Attempt(anyio.current_time())
+        try:
+            content = await self._send(method, url, json, attempt)
+        except VSRError as exc:
+            self._told(method, self.endpoint(url), attempt, exc)
+            raise
+        self._told(method, self.endpoint(url), attempt, None)
+        return content
+
+    async def _send(
+        self, method: str, url: str | httpx.URL, json: Any, attempt: _Attempt | None
+    ) -> bytes:
         self.check_open()
         request = self._build_request(method, url, json)
         free, limiter = self._free_slots, self._limiter
@@ -164,6 +207,8 @@ class Session:
                 # The token after the slot: a token kept while waiting for a slot would let
                 # requests bunch up behind a busy pool and leave together, over the budget.
                 sent_at = await self.budget.acquire()
+                if attempt is not None:
+                    attempt.sent_at = sent_at
                 with anyio.fail_after(self.attempt_timeout):
                     response = await self._transmit(request, slot)
                     try:
@@ -187,6 +232,8 @@ class Session:
                 raise ResponseValidationError.from_body(reason, content, secret=self.secret)
             content = b""  # the status is the error; a body that size would say nothing more
         self._answered(sent_at, response)
+        if attempt is not None:
+            attempt.status_code = response.status_code
         if not response.is_success:
             raise APIStatusError.from_response(with_content(response, content))
         return content  # no Response rebuilt around it: the caller only parses it
@@ -205,14 +252,19 @@ class Session:
         request = self._http.build_request("GET", url, headers=headers, **self._timeout)
         request.headers.pop("Authorization", None)  # the API's key: never for a storage host
         async with self._limiter:
-            sent_at = await self.budget.acquire()
+            attempt = _Attempt(anyio.current_time())
+            attempt.sent_at = await self.budget.acquire()
             try:
                 response = await self._http.send(
                     request, stream=True, auth=None, follow_redirects=False
                 )
             except httpx.HTTPError as exc:
-                raise error_from_httpx(exc, f"GET {shown_url(url)}") from exc
-            self._answered(sent_at, response)
+                error = error_from_httpx(exc, f"GET {shown_url(url)}")
+                self._told("GET", "download", attempt, error)
+                raise error from exc
+            self._answered(attempt.sent_at, response)
+            attempt.status_code = response.status_code
+            self._told("GET", "download", attempt, None)
             try:
                 yield response
             except httpx.HTTPError as exc:  # reading the body
@@ -237,6 +289,27 @@ class Session:
             return request
         return httpx.Request(
             method, url, headers=self._http.headers, json=json, extensions=extensions
+        )
+
+    def _told(self, method: str, endpoint: str, attempt: _Attempt, error: VSRError | None) -> None:
+        """Tell the hooks of an attempt, if there are some."""
+        if self.hooks is None:
+            return
+        now = anyio.current_time()
+        sent_at = now if attempt.sent_at is None else attempt.sent_at
+        status = attempt.status_code
+        if status is None and isinstance(error, APIStatusError):
+            status = error.status_code
+        self.hooks.on_request(
+            RequestDetails(
+                method,
+                endpoint,
+                status,
+                error,
+                rate_wait=max(sent_at - attempt.started, 0.0),
+                duration=max(now - sent_at, 0.0),
+                allowed_rate=self.budget.current,
+            )
         )
 
     def _answered(self, sent_at: float, response: httpx.Response) -> None:
@@ -270,6 +343,17 @@ class Session:
                 "use the default transport='httpx'"
             )
         self._asyncio_only = False
+
+
+class _Attempt:
+    """What the hooks are told of an attempt, noted as it goes (only when there are hooks)."""
+
+    __slots__ = ("sent_at", "started", "status_code")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.sent_at: float | None = None  # when the budget gave its token
+        self.status_code: int | None = None
 
 
 #: A GET's body, shared by every poll (it is read, never consumed).

@@ -7,10 +7,14 @@ check refuses an answer about another task, and an unknown status is logged once
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from ._converter import parse_task
-from ._errors import ResponseValidationError, mask
+from ._errors import ResponseValidationError, VSRError, mask
+from ._hooks import CreateDetails, RetryDetails
 from ._models import Model, Task, TaskStatus
 from ._retry import not_processed
 from ._validate import check_http_url, check_model, check_task_id
@@ -45,8 +49,25 @@ class Tasks:
         check_http_url("video_url", video_url)
         body = {"model": check_model(model), "videoUrl": video_url}
         url = f"{self.session.base_url}/v1/super-resolution/videos"
-        content = await self.session.request("POST", url, json=body, retry_if=not_processed)
-        return self._parse(content, None, status=TaskStatus.QUEUED)
+        hooks = self.session.hooks
+        if hooks is None:
+            content = await self.session.request("POST", url, json=body, retry_if=not_processed)
+            return self._parse(content, None, status=TaskStatus.QUEUED)
+        started, start = time.time(), anyio.current_time()
+        retried: list[RetryDetails] = []
+        task = error = None
+        try:
+            content = await self.session.request(
+                "POST", url, json=body, retry_if=not_processed, retried=retried
+            )
+            task = self._parse(content, None, status=TaskStatus.QUEUED)
+        except VSRError as exc:
+            error = exc
+            raise
+        finally:
+            duration = anyio.current_time() - start
+            hooks.on_create(CreateDetails(started, duration, tuple(retried), task, error))
+        return task
 
     def _parse(self, content: bytes, task_id: str | None, **defaults: Any) -> Task:
         """The task in a success answer, if it is the one asked for (``task_id``, unless it is a
