@@ -247,12 +247,14 @@ class AsyncVSRClient:
         task_id = check_task_id(task_id)
         deadline = math.inf if timeout is None else check_seconds("timeout", timeout, finite=False)
         last: Transition | None = None
-        with anyio.move_on_after(deadline):
-            async with self.watch([task_id], interval=interval) as watcher:
+        async with self.watch([task_id], interval=interval) as watcher:
+            with anyio.move_on_after(deadline):
                 async for last in watcher:  # noqa: B007 (the last one is the answer)
                     pass
-        if last is None or not last.is_final:
-            raise WaitTimeoutError(task_id, deadline, None if last is None else last.task)
+            if last is None or not last.is_final:
+                timed_out = WaitTimeoutError(task_id, deadline, None if last is None else last.task)
+                watcher.discard(task_id, error=timed_out)
+                raise timed_out
         if last.error is not None:
             raise last.error
         assert last.task is not None  # noqa: S101 (a final transition without error has a task)

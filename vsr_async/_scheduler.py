@@ -194,14 +194,12 @@ class Scheduler:
         if record.task is not None:
             subscriber.observe(task_id, record.task)
 
-    def unsubscribe(self, subscriber: Subscriber, task_id: str) -> anyio.Event | None:
-        """Drop ``subscriber``'s interest; the task's last subscriber leaving stops its polls.
-        Returns, if a poll of it was in flight, the event set once that poll has unwound."""
-        return self._leave(subscriber, task_id, None)
-
-    def _leave(
-        self, subscriber: Subscriber, task_id: str, error: Exception | None
+    def unsubscribe(
+        self, subscriber: Subscriber, task_id: str, error: Exception | None = None
     ) -> anyio.Event | None:
+        """Drop ``subscriber``'s interest (``error``: why it gave the task up, for the hooks);
+        the task's last subscriber leaving stops its polls. Returns, if a poll of it was in
+        flight, the event set once that poll has unwound."""
         record = self._records.get(task_id)
         if record is None or record.subscribers.pop(subscriber, None) is None:
             return None
@@ -386,7 +384,7 @@ class Scheduler:
         subscriber, record = expiry.subscriber, expiry.record
         error = WaitTimeoutError(record.task_id, subscriber.timeout, record.task)
         subscriber.observe(record.task_id, record.task, error)
-        self._leave(subscriber, record.task_id, error)
+        self.unsubscribe(subscriber, record.task_id, error)
 
     def _fail_all(self, exc: Exception) -> None:
         """End every subscription with ``exc`` and forget every task."""

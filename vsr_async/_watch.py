@@ -185,12 +185,13 @@ class Watcher:
             self._seen[task_id] = _UNSEEN
             self._scheduler.subscribe(self, task_id, self._pace)
 
-    def discard(self, task_id: str) -> None:
+    def discard(self, task_id: str, *, error: Exception | None = None) -> None:
         """Stop watching one task: nothing more is yielded for it, and a task no other watch
-        wants is polled no more. An ID not being watched is ignored."""
+        wants is polled no more. An ID not being watched is ignored. ``error`` says why it was
+        given up, to the client's hooks (``wait`` passes its `WaitTimeoutError`)."""
         if self._seen.pop(task_id, _ABSENT) is _ABSENT:
             return
-        if (unwound := self._scheduler.unsubscribe(self, task_id)) is not None:
+        if (unwound := self._scheduler.unsubscribe(self, task_id, error)) is not None:
             self._unwinding.append(unwound)  # awaited on the way out
         if self._ready:
             self._ready = collections.deque(t for t in self._ready if t.task_id != task_id)
