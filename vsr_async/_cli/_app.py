@@ -17,6 +17,7 @@ from vsr_async import Model, __version__
 from vsr_async._validate import check_model, check_task_id
 from vsr_async.testing import Emulator, Faults, Quota, Timeline
 
+from . import _telemetry as telemetry
 from ._demo import run_demo
 from ._display import CreatedIds, make_display, use_live_display
 from ._download import make_printer
@@ -62,8 +63,15 @@ MODELS = ", ".join(model.value for model in Model)
 @click.group(context_settings=CONTEXT, epilog=EXIT_CODES)
 @click.version_option(__version__, "-V", "--version", prog_name="vsr-async")
 @click.option("-v", "--verbose", is_flag=True, help="Log every retry and slow-down on stderr.")
+@click.option(
+    "--otel",
+    is_flag=True,
+    envvar="VSR_OTEL",
+    help="Send traces and metrics through OpenTelemetry, as its OTEL_* variables say "
+    "(needs the otel extra and opentelemetry-sdk). Default: $VSR_OTEL.",
+)
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, otel: bool) -> None:
     """Create, watch and query video super-resolution tasks, thousands at a time, and download
     their results.
 
@@ -71,6 +79,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     provider's). Try `vsr-async demo`: it needs neither.
     """
     _log_to_stderr(ctx, logging.DEBUG if verbose else logging.WARNING)
+    if otel:
+        telemetry.enable(ctx)
 
 
 @cli.command(epilog=STATUS_EXIT_CODES)

@@ -18,6 +18,7 @@ from vsr_async import AsyncVSRClient
 from vsr_async._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_INTERVAL, DEFAULT_MAX_CONNECTIONS
 from vsr_async._validate import check_seconds
 
+from . import _telemetry as telemetry
 from ._exits import ConfigError
 from ._ids import BadLinesError, Collected
 
@@ -241,7 +242,11 @@ def make_client(
         warnings.simplefilter("always")
         try:
             client = AsyncVSRClient(
-                api_key, base_url=base_url, max_connections=concurrency, rate_limit=rate_limit
+                api_key,
+                base_url=base_url,
+                max_connections=concurrency,
+                rate_limit=rate_limit,
+                hooks=telemetry.hooks(),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
