@@ -57,6 +57,43 @@ def test_vsr_otel_in_the_environment_turns_it_on(emulator: Emulator, env: dict[s
     assert '"name": "vsr.watch"' in result.stderr
 
 
+def test_the_service_name_comes_from_resource_attributes(emulator: Emulator, env: dict[str, str]):
+    """OTEL_RESOURCE_ATTRIBUTES names the service as well as OTEL_SERVICE_NAME does; with
+    neither, it is vsr-async."""
+    ids = add_tasks(emulator, "c", first=0.1, step=0.1)
+    env = {k: v for k, v in env.items() if k != "OTEL_SERVICE_NAME"}
+    for extra, name in (
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=nightly"}, "nightly"),
+        ({}, "vsr-async"),
+    ):
+        result = CliRunner().invoke(
+            _app.cli, ["--otel", "watch", "--interval", "0.05", *ids], env={**env, **extra}
+        )
+        assert result.exit_code == 0, result.output
+        assert f'"service.name": "{name}"' in result.stderr
+
+
+def test_otel_sdk_disabled_records_nothing(emulator: Emulator, env: dict[str, str]):
+    """OTEL_SDK_DISABLED=true turns --otel off, as it turns the SDK off."""
+    ids = add_tasks(emulator, "c", first=0.1, step=0.1)
+    result = CliRunner().invoke(
+        _app.cli,
+        ["--otel", "watch", "--interval", "0.05", *ids],
+        env={**env, "OTEL_SDK_DISABLED": "true"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "vsr.watch" not in result.stderr
+
+
+def test_a_protocol_other_than_http_is_named(env: dict[str, str]):
+    """gRPC is not what --otel sends: said, by the variable's name, before anything runs."""
+    result = CliRunner().invoke(
+        _app.cli, ["--otel", "status", "x"], env={**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    )
+    assert result.exit_code == 2
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL='grpc'" in result.stderr
+
+
 def test_an_unknown_exporter_is_named(env: dict[str, str]):
     """A typo in OTEL_TRACES_EXPORTER is a usage error naming the variable and the choices."""
     result = CliRunner().invoke(

@@ -5,9 +5,12 @@ emulator, on asyncio and trio."""
 from __future__ import annotations
 
 import contextvars
+import gc
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 from _helpers import KEY, Proxy, json_answer, request_driven, serve
 from opentelemetry.sdk.metrics import MeterProvider
@@ -29,6 +32,7 @@ from vsr_async import (
     RequestDetails,
     RetryDetails,
     ServerError,
+    Task,
     TransitionDetails,
     WaitTimeoutError,
     WatchDetails,
@@ -388,3 +392,125 @@ def _by(points: list[Any], key: str) -> dict[str, int]:
         name = (point.attributes or {})[key]
         counts[name] = counts.get(name, 0) + point.value
     return counts
+
+
+# Found by review: each would fail on the first version of the hooks.
+
+
+def _otel() -> tuple[OpenTelemetryHooks, InMemorySpanExporter, InMemoryMetricReader]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    hooks = OpenTelemetryHooks(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    return hooks, exporter, reader
+
+
+async def test_two_watches_with_schedulers_of_their_own_each_see_their_own() -> None:
+    """Two watches of one task, each polling for itself (max_concurrency): each watch's span
+    gets each status change once, from its own scheduler, and each told change names it."""
+    emulator = request_driven(api_key=KEY, timeline=COMPLETES)
+    task_id = emulator.add_task(COMPLETES)
+    hooks, exporter, _ = _otel()
+    recorder = Recorder()
+    async with serve(emulator, hooks=[hooks, recorder]) as client:
+
+        async def follow() -> None:
+            async with client.watch([task_id], interval=0.01, max_concurrency=1) as watch:
+                async for _ in watch:
+                    pass
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(follow)
+            group.start_soon(follow)
+    watches = names(list(exporter.get_finished_spans()), "vsr.watch")
+    assert len(watches) == 2
+    for watch in watches:
+        statuses = [(e.attributes or {})["vsr.task.status"] for e in watch.events]
+        assert statuses == ["queued", "processing", "completed"]
+    told = recorder.of(TransitionDetails)
+    assert all(len(t.watchers) == 1 for t in told)
+    assert len({id(t.watchers[0]) for t in told}) == 2
+
+
+async def test_rate_wait_is_the_budgets_not_the_pools() -> None:
+    """With no limit and no 429 the budget never waits: requests queued for the one
+    connection slot are told a rate wait of 0, whatever they waited for the slot."""
+    emulator = request_driven(api_key=KEY)
+    ids = [emulator.add_task(ENDLESS) for _ in range(20)]
+    recorder = Recorder()
+    async with serve(emulator, hooks=recorder, max_connections=1) as client:
+        async with anyio.create_task_group() as group:
+            for task_id in ids:
+                group.start_soon(client.get_task, task_id)
+        assert client.current_rate is None
+    requests = recorder.of(RequestDetails)
+    assert len(requests) == len(ids)
+    # Queued for the slot, the last waited for 19 answers: had that been counted, the waits
+    # would add up to about ten times the answers' durations.
+    assert sum(r.rate_wait for r in requests) < sum(r.duration for r in requests)
+
+
+async def test_a_cancelled_download_or_create_is_told_as_cancelled(tmp_path: Path) -> None:
+    """A download cancelled midway is not told as saved, nor a cancelled create as done."""
+    emulator = request_driven(api_key=KEY, timeline=COMPLETES, video_size=4_000_000)
+    task_id = emulator.add_task(COMPLETES)
+    recorder = Recorder()
+    cancelled = anyio.get_cancelled_exc_class()
+    async with serve(emulator, hooks=recorder) as client:
+        await client.wait(task_id, interval=0.01)
+        with anyio.CancelScope() as scope:
+            await client.download(task_id, tmp_path / "x.mp4", progress=lambda *_: scope.cancel())
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await client.create_task("https://example.com/a.mp4", model="m")
+    [download] = recorder.of(DownloadDetails)
+    assert isinstance(download.error, cancelled)
+    assert not (tmp_path / "x.mp4").exists()
+    [create] = recorder.of(CreateDetails)
+    assert isinstance(create.error, cancelled)
+    assert create.task is None
+
+
+async def test_a_rate_gauge_per_provider_sums_the_live_clients() -> None:
+    """Each client's rate counts in the gauge (the SDK keeps one instrument per name), and
+    hooks no longer used are not kept alive by it."""
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    emulator = request_driven(api_key=KEY)
+    task_id = emulator.add_task(ENDLESS)
+    kept = []
+    for rate in (10, 30):
+        hooks = OpenTelemetryHooks(tracer_provider=TracerProvider(), meter_provider=meter_provider)
+        async with serve(emulator, hooks=hooks, rate_limit=rate) as client:
+            await client.get_task(task_id)
+        kept.append(hooks)
+    [point] = _metrics(reader)["vsr.rate_budget.rate"]
+    assert point.value == 40
+    gone = weakref.ref(kept.pop())
+    del hooks, client  # (the last client holds its hooks)
+    gc.collect()
+    assert gone() is None
+    [point] = _metrics(reader)["vsr.rate_budget.rate"]
+    assert point.value == 10
+
+
+def test_histograms_are_bucketed_in_seconds() -> None:
+    """Lateness and rate waits are seconds: a 20 ms and a 4 s lateness fall in different
+    buckets (the SDK's default bounds are for milliseconds)."""
+    hooks, _, reader = _otel()
+    for lateness in (0.02, 4.0):
+        hooks.on_poll(PollDetails("t", 0, 0.0, 0.1, lateness, Task(id="t", status="queued"), None))
+    [point] = _metrics(reader)["vsr.poll.lateness"]
+    assert sum(1 for count in point.bucket_counts if count) == 2
+    assert point.explicit_bounds[0] <= 0.005
+
+
+def test_an_unknown_status_is_other_in_metrics() -> None:
+    """A status the library does not know is `other` in a metric (bounded cardinality), and
+    verbatim on spans."""
+    hooks, _, reader = _otel()
+    task = Task(id="t", status="Paused-By-Ops", object="video", created=0)
+    hooks.on_transition(TransitionDetails("t", None, task))
+    assert _by(_metrics(reader)["vsr.transitions"], "vsr.task.status") == {"other": 1}

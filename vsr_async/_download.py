@@ -93,7 +93,7 @@ async def download(
     try:
         await transfer.run()
         await anyio.to_thread.run_sync(_publish, part, path, overwrite)
-    except Exception as exc:
+    except BaseException as exc:  # a cancellation too: told, then raised
         error = exc
         raise
     finally:

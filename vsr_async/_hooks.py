@@ -10,12 +10,12 @@ StatsD counters be.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from pathlib import Path
 
     from ._errors import VSRError
@@ -34,9 +34,13 @@ class RequestDetails:
             ``"/v1/result/{id}"``, ``"/v1/super-resolution/videos"``, or ``"download"``.
         status_code: The answer's HTTP status; ``None`` when none came (a connection error,
             a timeout).
-        error: The error the attempt raised, if any (a non-2xx answer included).
-        rate_wait: Seconds it waited for the rate budget (0.0 when a token was free).
-        duration: Seconds from its token to the whole answer (or the error).
+        error: The error the attempt raised, if any: a non-2xx answer of the API included; a
+            download's answer is judged by the download (see `DownloadDetails`), so this is
+            ``None`` once its headers came, whatever their status.
+        rate_wait: Seconds it waited for the rate budget (0.0 when a token was free), once it
+            had a connection slot.
+        duration: Seconds from its token to the whole answer (or the error); for a download,
+            to the answer's headers.
         allowed_rate: The requests per second the client allows once it was answered
             (`AsyncVSRClient.current_rate`), ``None`` with neither a limit nor a learnt quota.
     """
@@ -62,6 +66,7 @@ class PollDetails:
         lateness: Seconds past the moment it was due (its interval, or its retry's delay).
         task: The task as answered; ``None`` when the poll failed.
         error: Why it failed; ``None`` when it was answered.
+        watchers: The watches (`Watcher` objects) it was for; compare with ``is``.
     """
 
     task_id: str
@@ -71,6 +76,7 @@ class PollDetails:
     lateness: float
     task: Task | None
     error: VSRError | None
+    watchers: tuple[object, ...] = ()
 
     @property
     def status_code(self) -> int | None:
@@ -92,6 +98,7 @@ class RetryDetails:
         attempt: The retry's number, from 1.
         delay: Seconds until it is tried again.
         error: The failure.
+        watchers: For a poll, the watches (`Watcher` objects) it is for; else empty.
     """
 
     what: str
@@ -99,22 +106,29 @@ class RetryDetails:
     attempt: int
     delay: float
     error: VSRError
+    watchers: tuple[object, ...] = ()
 
 
 @attrs.frozen
 class TransitionDetails:
-    """A task's status changed (or was seen for the first time), once per change for all the
-    client's watches of it.
+    """A task's status changed, or was seen for the first time.
+
+    Told once per change by each scheduler polling the task: a client opened with
+    ``async with`` has one for all its watches and waits; a watch given ``max_concurrency``,
+    or of a client not opened, has its own. A task watched again after its last watch let it
+    go is seen for the first time again.
 
     Attributes:
         task_id: The task.
         previous: Its status before, ``None`` at its first sighting.
         task: The task now.
+        watchers: The watches (`Watcher` objects) following it; compare with ``is``.
     """
 
     task_id: str
     previous: TaskStatus | str | None
     task: Task
+    watchers: tuple[object, ...] = ()
 
 
 @attrs.frozen
@@ -150,14 +164,14 @@ class CreateDetails:
         duration: Seconds it took, retries included.
         retries: Its retries, in order (a create is retried only when nothing was processed).
         task: The task created; ``None`` if it failed.
-        error: Why it failed; ``None`` if it succeeded.
+        error: Why it failed (its cancellation included); ``None`` if it succeeded.
     """
 
     started: float
     duration: float
     retries: tuple[RetryDetails, ...]
     task: Task | None
-    error: VSRError | None
+    error: BaseException | None
 
 
 @attrs.frozen
@@ -169,14 +183,14 @@ class DownloadDetails:
         path: Where the file is (or was to be) saved.
         received: Bytes received from the storage host, resumed transfers included.
         duration: Seconds it took.
-        error: Why it failed; ``None`` if the file was saved.
+        error: Why it failed (its cancellation included); ``None`` if the file was saved.
     """
 
     task_id: str | None
     path: Path
     received: int
     duration: float
-    error: Exception | None
+    error: BaseException | None
 
 
 class Hooks:
@@ -252,7 +266,7 @@ def guarded(hooks: Hooks | Sequence[Hooks] | None) -> Guarded | None:
     """The client's ``hooks=`` argument, checked, as called; ``None`` for none."""
     if hooks is None:
         return None
-    many = (hooks,) if isinstance(hooks, Hooks) else hooks
-    if not isinstance(many, (list, tuple)) or not all(isinstance(h, Hooks) for h in many):
+    many: object = (hooks,) if isinstance(hooks, Hooks) else hooks  # (a caller may err)
+    if not isinstance(many, Sequence) or not all(isinstance(h, Hooks) for h in many):
         raise TypeError(f"hooks must be a Hooks instance or a list of them, not {hooks!r}")
     return Guarded(many) if many else None

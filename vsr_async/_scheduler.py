@@ -294,7 +294,9 @@ class Scheduler:
         if previous is None or task.status.casefold() != previous.casefold():
             record.since = anyio.current_time()
             if self._hooks is not None:
-                self._hooks.on_transition(TransitionDetails(record.task_id, previous, task))
+                watchers = tuple(record.subscribers)
+                details = TransitionDetails(record.task_id, previous, task, watchers)
+                self._hooks.on_transition(details)
         for subscriber in list(record.subscribers):
             subscriber.observe(record.task_id, task)
         if task.is_terminal:
@@ -328,8 +330,9 @@ class Scheduler:
         finally:
             if task is not None or error is not None:  # (not when cancelled)
                 duration = anyio.current_time() - start
+                watchers = tuple(record.subscribers)
                 details = PollDetails(
-                    record.task_id, attempt, started, duration, lateness, task, error
+                    record.task_id, attempt, started, duration, lateness, task, error, watchers
                 )
                 hooks.on_poll(details)
         return task
@@ -375,8 +378,15 @@ class Scheduler:
             delay = max(delay, self._next_interval(record, now))
         logger.debug("polling %r failed (%s); again in %.2f s", record.task_id, exc, delay)
         if self._hooks is not None:
-            what = "GET /v1/result/{id}"
-            self._hooks.on_retry(RetryDetails(what, record.task_id, record.failures, delay, exc))
+            details = RetryDetails(
+                "GET /v1/result/{id}",
+                record.task_id,
+                record.failures,
+                delay,
+                exc,
+                tuple(record.subscribers),
+            )
+            self._hooks.on_retry(details)
         self._schedule(record, now + delay)
 
     def _expire(self, expiry: _Expiry) -> None:

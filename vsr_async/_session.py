@@ -118,6 +118,7 @@ class Session:
         self._limiter = anyio.CapacityLimiter(max_connections)
         self.task_url = url_appender(httpx.URL(f"{self.base_url}/v1/result/"))
         self._task_path = httpx.URL(f"{self.base_url}/v1/result/").path
+        self._base_path = httpx.URL(self.base_url).path
         self.closed = False
 
     async def aclose(self) -> None:
@@ -173,7 +174,7 @@ class Session:
         path = httpx.URL(url).path
         if path.startswith(self._task_path):
             return "/v1/result/{id}"
-        return path.removeprefix(httpx.URL(self.base_url).path)
+        return path.removeprefix(self._base_path)
 
     async def send(self, method: str, url: str | httpx.URL, *, json: Any = None) -> bytes:
         """One attempt: the body of a 2xx answer (decoded, as sent); else a `VSRError`."""
@@ -188,7 +189,7 @@ class Session:
         self._told(method, self.endpoint(url), attempt, None)
         return content
 
-    async def _send(
+    async def _send(  # noqa: C901 (every poll's path, in one frame: no await added)
         self, method: str, url: str | httpx.URL, json: Any, attempt: _Attempt | None
     ) -> bytes:
         self.check_open()
@@ -206,6 +207,8 @@ class Session:
             try:
                 # The token after the slot: a token kept while waiting for a slot would let
                 # requests bunch up behind a busy pool and leave together, over the budget.
+                if attempt is not None:
+                    attempt.started = anyio.current_time()  # the rate wait starts
                 sent_at = await self.budget.acquire()
                 if attempt is not None:
                     attempt.sent_at = sent_at
@@ -252,7 +255,7 @@ class Session:
         request = self._http.build_request("GET", url, headers=headers, **self._timeout)
         request.headers.pop("Authorization", None)  # the API's key: never for a storage host
         async with self._limiter:
-            attempt = _Attempt(anyio.current_time())
+            attempt = _Attempt(anyio.current_time())  # (the rate wait starts)
             attempt.sent_at = await self.budget.acquire()
             try:
                 response = await self._http.send(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._converter import parse_task
-from ._errors import ResponseValidationError, VSRError, mask
+from ._errors import ResponseValidationError, mask
 from ._hooks import CreateDetails, RetryDetails
 from ._models import Model, Task, TaskStatus
 from ._retry import not_processed
@@ -55,13 +55,14 @@ class Tasks:
             return self._parse(content, None, status=TaskStatus.QUEUED)
         started, start = time.time(), anyio.current_time()
         retried: list[RetryDetails] = []
-        task = error = None
+        task: Task | None = None
+        error: BaseException | None = None
         try:
             content = await self.session.request(
                 "POST", url, json=body, retry_if=not_processed, retried=retried
             )
             task = self._parse(content, None, status=TaskStatus.QUEUED)
-        except VSRError as exc:
+        except BaseException as exc:  # a cancellation too: told, then raised
             error = exc
             raise
         finally:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 try:
     from opentelemetry import context, metrics, trace
@@ -59,7 +60,8 @@ class OpenTelemetryHooks(Hooks):
 
     Metrics (no task ID, URL or key among their attributes): see docs/observability.md.
 
-    Use one per client: the rate gauge reports the rate of the client that last sent.
+    The rate gauge sums, per meter provider, the rate each live instance's client allows
+    (as last answered): give each client its own instance.
 
     Args:
         tracer_provider: Where spans go; the global provider by default.
@@ -75,7 +77,9 @@ class OpenTelemetryHooks(Hooks):
         self._tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
         self._watched = meter.create_up_down_counter(
-            "vsr.watched", unit="{task}", description="Tasks followed by watches and waits."
+            "vsr.watched",
+            unit="{task}",
+            description="Tasks followed, once per watch or wait following each.",
         )
         self._requests = meter.create_counter(
             "vsr.requests", unit="{request}", description="HTTP attempts, by endpoint and status."
@@ -93,21 +97,22 @@ class OpenTelemetryHooks(Hooks):
             "vsr.transitions", unit="{transition}", description="Status changes, by new status."
         )
         self._rate_wait = meter.create_histogram(
-            "vsr.rate_budget.wait", unit="s", description="Waits for the client's rate budget."
+            "vsr.rate_budget.wait",
+            unit="s",
+            description="Waits for the client's rate budget.",
+            explicit_bucket_boundaries_advisory=SECONDS,
         )
         self._lateness = meter.create_histogram(
-            "vsr.poll.lateness", unit="s", description="How late polls were sent."
+            "vsr.poll.lateness",
+            unit="s",
+            description="How late polls were sent.",
+            explicit_bucket_boundaries_advisory=SECONDS,
         )
         self._downloaded = meter.create_counter(
             "vsr.download.bytes", unit="By", description="Bytes received by downloads."
         )
         self._allowed_rate: float | None = None
-        meter.create_observable_gauge(
-            "vsr.rate_budget.rate",
-            callbacks=[self._observe_rate],
-            unit="{request}/s",
-            description="Requests per second the client allows now (limit or learnt quota).",
-        )
+        _rate_gauge(meter, meter_provider or metrics.get_meter_provider()).add(self)
         # Each task's open vsr.watch spans, by watcher, in the order they came.
         self._spans: dict[str, dict[int, Span]] = collections.defaultdict(dict)
 
@@ -141,24 +146,19 @@ class OpenTelemetryHooks(Hooks):
         span.end()
 
     def on_transition(self, details: TransitionDetails) -> None:
-        status = str(details.task.status)
-        self._transitions.add(1, {"vsr.task.status": status})
-        event = {"vsr.task.status": status}
+        self._transitions.add(1, {"vsr.task.status": _known(details.task.status)})
+        event = {"vsr.task.status": str(details.task.status)}
         if details.previous is not None:
             event["vsr.task.previous_status"] = str(details.previous)
-        for span in self._spans.get(details.task_id, {}).values():
+        for span in self._watch_spans(details.task_id, details.watchers):
             span.add_event("vsr.transition", event)
 
     def on_poll(self, details: PollDetails) -> None:
         outcome = _outcome(details.error)
         self._polls.add(1, {"vsr.poll.outcome": outcome})
         self._lateness.record(details.lateness)
-        spans = self._spans.get(details.task_id)
-        parent = (
-            trace.set_span_in_context(next(iter(spans.values())))
-            if spans
-            else context.get_current()
-        )
+        watch = next(iter(self._watch_spans(details.task_id, details.watchers)), None)
+        parent = context.get_current() if watch is None else trace.set_span_in_context(watch)
         attributes: dict[str, str | int | float] = {
             "vsr.task.id": details.task_id,
             "vsr.poll.outcome": outcome,
@@ -189,10 +189,15 @@ class OpenTelemetryHooks(Hooks):
             "vsr.retry.delay": details.delay,
             "error.type": type(details.error).__name__,
         }
-        for span in self._spans.get(details.task_id, {}).values():
+        for span in self._watch_spans(details.task_id, details.watchers):
             span.add_event("vsr.retry", event)
 
     # Requests, creates and downloads.
+
+    @property
+    def allowed_rate(self) -> float | None:
+        """The requests per second its client allowed at its last answer (``None``: no limit)."""
+        return self._allowed_rate
 
     def on_request(self, details: RequestDetails) -> None:
         attributes: dict[str, str | int] = {
@@ -247,9 +252,45 @@ class OpenTelemetryHooks(Hooks):
             _failed(span, details.error)
         span.end(end_time=_nanoseconds(end))
 
-    def _observe_rate(self, _: CallbackOptions) -> Iterable[Observation]:
-        rate = self._allowed_rate
-        return [] if rate is None else [Observation(rate)]
+    def _watch_spans(self, task_id: str, watchers: tuple[object, ...]) -> list[Span]:
+        """The open vsr.watch spans of ``task_id`` for ``watchers``, in their order."""
+        spans = self._spans.get(task_id, {})
+        return [span for w in watchers if (span := spans.get(id(w))) is not None]
+
+
+#: Histogram buckets for seconds, 5 ms to a minute (the SDK's default ones are milliseconds').
+SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+
+#: The hooks reporting to each meter provider's rate gauge: the SDK keeps the first
+#: instrument of a name, so each provider has one gauge, summing the rates of the live clients.
+_rate_gauges: weakref.WeakKeyDictionary[Any, weakref.WeakSet[OpenTelemetryHooks]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _rate_gauge(meter: metrics.Meter, provider: Any) -> weakref.WeakSet[OpenTelemetryHooks]:
+    """The live hooks whose rates ``provider``'s ``vsr.rate_budget.rate`` gauge sums."""
+    hooks = _rate_gauges.get(provider)
+    if hooks is None:
+        hooks = _rate_gauges[provider] = weakref.WeakSet()
+        members = hooks  # (the callback holds the set, not the hooks)
+
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            rates = [h.allowed_rate for h in list(members) if h.allowed_rate is not None]
+            return [Observation(sum(rates))] if rates else []
+
+        meter.create_observable_gauge(
+            "vsr.rate_budget.rate",
+            callbacks=[observe],
+            unit="{request}/s",
+            description="Requests per second the clients allow now (limits or learnt quotas).",
+        )
+    return hooks
+
+
+def _known(status: TaskStatus | str) -> str:
+    """A status as a metric attribute: a server's unknown ones are all ``other``."""
+    return status.value if isinstance(status, TaskStatus) else "other"
 
 
 def _outcome(error: VSRError | None) -> str:

@@ -2,9 +2,9 @@
 say (``OTEL_TRACES_EXPORTER``, ``OTEL_METRICS_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``...).
 
 Under ``opentelemetry-instrument``, which sets up the global providers itself, those are used
-as they are. Otherwise the SDK's providers are made here: ``otlp`` (the default) sends to a
-collector over HTTP, ``console`` writes to stderr, ``none`` sends nothing. They are flushed and
-shut down when the command ends.
+as they are; ``OTEL_SDK_DISABLED=true`` turns it off. Otherwise the SDK's providers are made
+here: ``otlp`` (the default) sends to a collector over HTTP, ``console`` writes to stderr,
+``none`` sends nothing. They are flushed and shut down when the command ends.
 """
 
 from __future__ import annotations
@@ -40,12 +40,19 @@ def enable(ctx: click.Context) -> None:
         from vsr_async.otel import OpenTelemetryHooks  # noqa: PLC0415
     except ImportError:
         raise ConfigError(_NEEDS) from None
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return  # as the SDK itself would: nothing recorded, nothing sent
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    if protocol != "http/protobuf":
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: vsr-async --otel sends http/protobuf"
+        )
     tracer_provider: Any = trace.get_tracer_provider()
     meter_provider: Any = metrics.get_meter_provider()
     if not isinstance(tracer_provider, TracerProvider):  # not set up by opentelemetry-instrument
-        resource = Resource.create(
-            {"service.name": os.environ.get("OTEL_SERVICE_NAME", "vsr-async")}
-        )
+        resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({"service.name": "vsr-async"}))
         tracer_provider = TracerProvider(resource=resource)
         for exporter in _exporters("OTEL_TRACES_EXPORTER", _span_exporter):
             from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
