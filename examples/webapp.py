@@ -1,6 +1,8 @@
 # ruff: noqa: INP001 (a script to copy, not a package)
 """A Starlette app sharing one `AsyncVSRClient`, opened in its lifespan.
 
+    GET  /                            a page that creates a task (or follows ``?task=ID``)
+                                      and shows its progress from the events below
     POST /tasks                       {"video_url": ..., "model": ...} -> 201, the new task
     GET  /tasks/{id}                  the task's current state
     GET  /tasks/{id}/wait?timeout=30  waits until it ends: 200, or 202 with the state so far
@@ -19,13 +21,14 @@ then ``hypercorn examples.webapp:app`` (or uvicorn) and ``curl -N localhost:8000
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from vsr_async import (
@@ -110,6 +113,135 @@ def client_of(request: Request) -> AsyncVSRClient:
     """The app's shared client, opened by `lifespan`."""
     client: AsyncVSRClient = request.app.state.vsr
     return client
+
+
+#: The page at ``GET /``: a form that creates a task, then the task's progress as its
+#: transitions arrive from ``/tasks/{id}/events`` (``?task=ID`` follows an existing task).
+#: Text from the API is set with ``textContent`` and the result link only takes http(s) URLs.
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Video super-resolution</title>
+<style>
+  body { font: 16px/1.5 system-ui, sans-serif; margin: 2rem auto; max-width: 40rem;
+         color: #1f2328; }
+  [hidden] { display: none !important; }
+  form { display: grid; grid-template-columns: max-content 1fr; gap: .5rem 1rem;
+         align-items: center; }
+  input, select, button { font: inherit; padding: .3rem; }
+  button { grid-column: 2; justify-self: start; padding: .3rem 1.5rem; }
+  #steps { display: flex; gap: .5rem; list-style: none; padding: 0; }
+  #steps li + li::before { content: "\\2192\\a0"; }
+  .status { padding: .1rem .6rem; border-radius: 1rem; background: #d0d7de; }
+  .status[data-status=processing] { background: #0969da; color: white; }
+  .status[data-status=completed] { background: #1a7f37; color: white; }
+  .status[data-status=failed] { background: #cf222e; color: white; }
+  #error { color: #cf222e; }
+</style>
+</head>
+<body>
+<h1>Video super-resolution</h1>
+<form id="create">
+  <label for="video-url">Video URL</label>
+  <input id="video-url" name="video_url" type="url" required
+    placeholder="https://example.com/video.mp4">
+  <label for="model">Model</label>
+  <select id="model" name="model">$models</select>
+  <button>Upscale</button>
+</form>
+<section id="task" hidden>
+  <p>Task <code id="task-id"></code>: <span id="status" class="status"></span></p>
+  <ol id="steps"></ol>
+  <p><a id="result" hidden>Download the result</a></p>
+</section>
+<p id="error" role="alert" hidden></p>
+<script>
+const $ = (id) => document.getElementById(id);
+let events = null;  // the EventSource of the task followed
+
+function show(status) {
+  $("status").textContent = status;
+  $("status").dataset.status = status;
+  if ($("steps").lastElementChild?.textContent !== status) {  // not again after a reconnect
+    const step = document.createElement("li");
+    step.textContent = status;
+    $("steps").append(step);
+  }
+}
+
+function fail(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function follow(taskId) {
+  events?.close();
+  $("task").hidden = false;
+  $("task-id").textContent = taskId;
+  $("steps").replaceChildren();
+  $("result").hidden = $("error").hidden = true;
+  const source = new EventSource("/tasks/" + encodeURIComponent(taskId) + "/events");
+  events = source;
+  source.addEventListener("transition", (message) => {
+    const t = JSON.parse(message.data);
+    if (t.error) {  // the app could not follow it: the stream ends here
+      source.close();
+      fail(t.error);
+      return;
+    }
+    show(t.status);
+    if (t.status === "completed" || t.status === "failed") {
+      source.close();  // or the browser reconnects when the stream ends
+    }
+    if (t.status === "completed" && /^https?:\\/\\//i.test(t.task.video_url)) {
+      $("result").href = t.task.video_url;
+      $("result").hidden = false;
+    } else if (t.status === "failed") {
+      fail(t.task.error || "The task failed.");
+    }
+  });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {  // refused (404, 400), not a reconnect
+      fail("This task cannot be followed: is its ID right?");
+    }
+  });
+}
+
+$("create").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const fields = new FormData(event.target);
+  const response = await fetch("/tasks", {
+    method: "POST",
+    headers: {"content-type": "application/json"},
+    body: JSON.stringify({video_url: fields.get("video_url"), model: fields.get("model")}),
+  });
+  const body = await response.json();
+  if (!response.ok) {
+    fail(body.detail);
+    return;
+  }
+  history.replaceState(null, "", "?task=" + encodeURIComponent(body.id));
+  follow(body.id);
+});
+
+const asked = new URLSearchParams(location.search).get("task");
+if (asked) follow(asked);
+</script>
+</body>
+</html>
+""".replace(
+    "$models",
+    "".join(
+        f"<option{' selected' * (m is Model.SUPER_RESOLUTION_1080P_LOWFPS)}>"
+        f"{html.escape(m.value)}</option>"
+        for m in Model
+    ),
+)
+
+
+async def page(request: Request) -> Response:  # noqa: ARG001
+    return HTMLResponse(PAGE)
 
 
 async def create_task(request: Request) -> Response:
@@ -255,6 +387,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 app = Starlette(
     routes=[
+        Route("/", page),
         Route("/tasks", create_task, methods=["POST"]),
         Route("/tasks/{task_id}", get_task),
         Route("/tasks/{task_id}/wait", wait_task),

@@ -13,6 +13,7 @@ import pytest
 from _doc_samples import ROOT
 from _helpers import still_polling
 
+from vsr_async import Model
 from vsr_async.testing import Emulator, EmulatorServer, Timeline
 
 pytest.importorskip("starlette")
@@ -140,6 +141,17 @@ async def test_lifespan_opens_one_client_and_closes_it(emulator) -> None:
         assert client.base_url == os.environ["VSR_BASE_URL"]
         assert "open" in repr(client)
     assert "closed" in repr(client)
+
+
+async def test_the_page(http) -> None:
+    """GET / answers the page that creates and follows a task, offering every model
+    (tests/test_browser.py runs it in a browser)."""
+    response = await http.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    for model in Model:
+        assert f">{model.value}</option>" in response.text
+    assert 'new EventSource("/tasks/" + encodeURIComponent(taskId) + "/events")' in response.text
 
 
 async def test_create_then_state(http, emulator) -> None:
