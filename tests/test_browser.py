@@ -176,6 +176,17 @@ async def test_the_page_creates_a_task_and_follows_it_to_its_result(page, site: 
     assert response.headers["content-type"] == "video/mp4"
 
 
+async def test_a_refused_create_shows_why(page, site: Site) -> None:
+    """A video URL the client refuses (not http(s)) is answered 422 by the app, and the page
+    shows the app's reason; no task is created or followed."""
+    await page.goto(site.url)
+    await page.get_by_label("Video URL").fill("ftp://example.com/clip.mp4")
+    await page.get_by_role("button", name="Upscale").click()
+    await expect(page.get_by_role("alert")).to_contain_text("must be an http:// or https:// URL")
+    await expect(page.locator("#task")).to_be_hidden()
+    assert site.emulator.task_ids == []
+
+
 async def test_a_failed_task_shows_its_error(page, site: Site) -> None:
     """A task that fails shows ``failed`` and the provider's error, and no result link."""
     task_id = site.emulator.add_task(Timeline.failed(queued=1, processing=1, error=ERROR))
