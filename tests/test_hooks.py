@@ -262,14 +262,8 @@ def names(spans: list[ReadableSpan], name: str, task_id: str | None = None) -> l
 async def test_otel_span_tree_and_metrics(tmp_path: Path) -> None:
     """The span tree (creates, watches and polls under the caller's span, polls under their
     task's watch) and every metric, for a watch with a retry, a 429 and a failed task."""
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    hooks = OpenTelemetryHooks(tracer_provider=tracer_provider, meter_provider=meter_provider)
-
-    tracer = tracer_provider.get_tracer("test")
+    hooks, exporter, reader = _otel()
+    tracer = TracerProvider().get_tracer("test")  # the app's spans, on a provider of its own
     with tracer.start_as_current_span("request") as root:
         done, failed, created = await scenario(tmp_path, hooks)
     spans = list(exporter.get_finished_spans())

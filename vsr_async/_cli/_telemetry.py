@@ -9,6 +9,7 @@ here: ``otlp`` (the default) sends to a collector over HTTP, ``console`` writes 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,7 @@ def enable(ctx: click.Context) -> None:
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "vsr-async"}))
         tracer_provider = TracerProvider(resource=resource)
-        for exporter in _exporters("OTEL_TRACES_EXPORTER", _span_exporter):
+        for exporter in _exporters("OTEL_TRACES_EXPORTER"):
             from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -66,7 +67,7 @@ def enable(ctx: click.Context) -> None:
 
         readers = [
             PeriodicExportingMetricReader(exporter)
-            for exporter in _exporters("OTEL_METRICS_EXPORTER", _metric_exporter)
+            for exporter in _exporters("OTEL_METRICS_EXPORTER")
         ]
         meter_provider = MeterProvider(resource=tracer_provider.resource, metric_readers=readers)
         ctx.call_on_close(meter_provider.shutdown)
@@ -80,38 +81,36 @@ def hooks() -> Hooks | None:
     return None if ctx is None else ctx.find_root().meta.get(HOOKS)
 
 
-def _exporters(variable: str, make: Any) -> list[Any]:
-    names = [n.strip() for n in os.environ.get(variable, "otlp").split(",") if n.strip()]
-    return [make(name, variable) for name in names if name != "none"]
+#: For each variable, the console exporter (the SDK's) and the OTLP one (over HTTP).
+_EXPORTERS = {
+    "OTEL_TRACES_EXPORTER": (
+        "opentelemetry.sdk.trace.export:ConsoleSpanExporter",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter:OTLPSpanExporter",
+    ),
+    "OTEL_METRICS_EXPORTER": (
+        "opentelemetry.sdk.metrics.export:ConsoleMetricExporter",
+        "opentelemetry.exporter.otlp.proto.http.metric_exporter:OTLPMetricExporter",
+    ),
+}
 
 
-def _span_exporter(name: str, variable: str) -> Any:
-    if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
-
-        return ConsoleSpanExporter(out=sys.stderr)
-    if name == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-                OTLPSpanExporter,
-            )
-        except ImportError:
-            raise ConfigError(_NEEDS) from None
-        return OTLPSpanExporter()
-    raise ConfigError(f"{variable}={name!r}: vsr-async --otel knows otlp, console and none")
+def _exporters(variable: str) -> list[Any]:
+    """The exporters ``variable`` names (``otlp`` by default), made."""
+    console, otlp = _EXPORTERS[variable]
+    exporters = []
+    for name in (n.strip() for n in os.environ.get(variable, "otlp").split(",")):
+        if name == "console":
+            exporters.append(_load(console)(out=sys.stderr))
+        elif name == "otlp":
+            exporters.append(_load(otlp)())
+        elif name not in ("none", ""):
+            raise ConfigError(f"{variable}={name!r}: vsr-async --otel knows otlp, console and none")
+    return exporters
 
 
-def _metric_exporter(name: str, variable: str) -> Any:
-    if name == "console":
-        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
-
-        return ConsoleMetricExporter(out=sys.stderr)
-    if name == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
-                OTLPMetricExporter,
-            )
-        except ImportError:
-            raise ConfigError(_NEEDS) from None
-        return OTLPMetricExporter()
-    raise ConfigError(f"{variable}={name!r}: vsr-async --otel knows otlp, console and none")
+def _load(where: str) -> Any:
+    module, _, name = where.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise ConfigError(_NEEDS) from None
