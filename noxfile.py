@@ -82,6 +82,14 @@ def bench(session: nox.Session) -> None:
     app's serves examples/webapp.py (Starlette) with hypercorn (the emulator extra); the fleet on
     Redis runs `vsr-async worker` processes (the cli and redis extras) and needs redis-server; the
     CLI under faults runs `python -m vsr_async create --watch` against `python -m vsr_async
-    emulator` processes (the cli and emulator extras)."""
-    session.install("-e", ".[aiohttp,cli,emulator,redis]", "trio", "aiohttp", "starlette")
+    emulator` processes (the cli and emulator extras); the hooks' measures OpenTelemetryHooks on
+    the SDK (the otel extra and opentelemetry-sdk)."""
+    session.install(
+        "-e",
+        ".[aiohttp,cli,emulator,otel,redis]",
+        "trio",
+        "aiohttp",
+        "starlette",
+        "opentelemetry-sdk",
+    )
     session.run("python", "-m", "tests.bench", *(session.posargs or FIGURES))

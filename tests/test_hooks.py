@@ -4,6 +4,7 @@ emulator, on asyncio and trio."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import gc
 import logging
@@ -124,21 +125,31 @@ class Script:
         return None
 
 
-async def scenario(tmp_path: Path, *hooks: Hooks) -> tuple[str, str, str]:
+async def scenario(
+    tmp_path: Path,
+    *hooks: Hooks,
+    completes: Timeline = COMPLETES,
+    fails: Timeline = FAILS,
+    interval: float = 0.01,
+    within: contextlib.AbstractContextManager[object] | None = None,
+) -> tuple[str, str, str]:
     """A create refused once, a watch of a task that completes after a 503 and a 429 and of one
-    that fails, and a download: the IDs (completed, failed, created)."""
-    emulator = request_driven(api_key=KEY, timeline=COMPLETES)
-    done, failed = emulator.add_task(COMPLETES), emulator.add_task(FAILS)
+    that fails, and a download: the IDs (completed, failed, created). ``within`` is entered
+    around the calls, once the server is up (tests/trace_picture.py draws the scenario, in a
+    span of its own, with shorter timelines)."""
+    emulator = request_driven(api_key=KEY, timeline=completes)
+    done, failed = emulator.add_task(completes), emulator.add_task(fails)
     proxy = Proxy(emulator, Script(done))
     async with serve(proxy, hooks=list(hooks), rate_limit=1000) as client:
         token = CALLER.set("caller")
         try:
-            created = await client.create_task(
-                "https://example.com/a.mp4", model=Model.SUPER_RESOLUTION_1080P_LOWFPS
-            )
-            async with client.watch([done, failed], interval=0.01) as watch:
-                transitions = [t async for t in watch]
-            await client.download(done, tmp_path)
+            with contextlib.nullcontext() if within is None else within:
+                created = await client.create_task(
+                    "https://example.com/a.mp4", model=Model.SUPER_RESOLUTION_1080P_LOWFPS
+                )
+                async with client.watch([done, failed], interval=interval) as watch:
+                    transitions = [t async for t in watch]
+                await client.download(done, tmp_path)
         finally:
             CALLER.reset(token)
     assert {t.status for t in transitions if t.is_final} == {"completed", "failed"}

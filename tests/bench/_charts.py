@@ -1,13 +1,15 @@
 """The benchmarks' figures as charts: SVG text written from Python, no plotting library.
 
-Three kinds, each a function returning a whole SVG document as a ``str``:
+Four kinds, each a function returning a whole SVG document as a ``str``:
 
 - `bars`: grouped horizontal bars, e.g. CPU per poll of each variant in each workload, with
   a dashed target per group;
 - `timeline`: lines over time with a reference line (a quota), and an optional second panel
   underneath on the same time axis (a 429 share), rather than a second y axis that a reader
   would have to match to its lines;
-- `distributions`: empirical CDFs of samples (latencies), with p50 and p99 marked.
+- `distributions`: empirical CDFs of samples (latencies), with p50 and p99 marked;
+- `waterfall`: the spans of a trace, one row each, indented under their parent, with their
+  events as ticks (``tests/trace_picture.py`` draws docs/img/trace.svg with it).
 
 Each chart is dark ink on a white card of its own, rather than in ``currentColor``: the docs
 show a chart with ``<img>``, where an SVG is a document of its own that never sees the page's
@@ -19,7 +21,7 @@ its yellow, too pale on white; a series keeps its colour in every group or panel
 Values that are not finite are skipped (a gap in a line); a chart with no data is still a valid
 document. Text widths are estimated, not measured: labels are laid out for a wide sans-serif.
 
-``python -m tests.bench._charts --demo DIR`` writes one chart of each kind with made-up data.
+``python -m tests.bench._charts --demo DIR`` writes the first three kinds with made-up data.
 """
 
 from __future__ import annotations
@@ -242,6 +244,124 @@ def distributions(
 
 
 @dataclass(frozen=True)
+class Span:
+    """One row of a `waterfall`: a span, its place in the tree and its events.
+
+    Attributes:
+        name: Its name, e.g. ``"vsr.poll"``.
+        depth: How deep in the tree (0 for the root); the row is indented by it.
+        start: When it started, in the chart's unit, e.g. ms since the trace's start.
+        end: When it ended, in the same unit.
+        detail: A few words after the name, e.g. ``"503"`` or ``"task_3f1c… completed"``.
+        error: Whether it ended in error: drawn in red, and said so after its detail.
+        events: ``(when, kind)`` of each event drawn on it, ``kind`` a key of the
+            ``events`` argument of `waterfall`; other kinds are left out.
+    """
+
+    name: str
+    depth: int
+    start: float
+    end: float
+    detail: str = ""
+    error: bool = False
+    events: tuple[tuple[float, str], ...] = ()
+
+
+#: A span's bar, and an error span's: the Okabe-Ito blue and vermillion (their "red").
+SPAN, ERROR = COLOURS[0], COLOURS[3]
+#: The events' ticks, by order of the ``events`` argument: ink, then orange, then green.
+EVENT_COLOURS = (INK, COLOURS[1], COLOURS[2])
+
+
+def waterfall(
+    title: str,
+    unit: str,
+    spans: Sequence[Span],
+    *,
+    events: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The spans of a trace, one row each in the order given (a parent before its children),
+    its name indented by its depth on the left, a bar from its start to its end on a shared
+    time axis, its events as ticks across the bar.
+
+    Args:
+        title: The chart's title.
+        unit: The time axis' label, e.g. ``"ms since the caller's span started"``.
+        spans: The rows, in order.
+        events: ``(kind, label)`` of the events to draw, e.g.
+            ``[("vsr.transition", "status change")]``; each kind its colour and legend entry.
+    """
+    colour = {kind: c for (kind, _), c in zip(events, cycle(EVENT_COLOURS))}
+    legend = [("box", SPAN, "span"), ("box", ERROR, "span ended in error")]
+    legend += [("tick", colour[kind], label) for kind, label in events]
+    head, top = _heading(title, legend)
+    shown = [s for s in spans if _finite(s.start, s.end)]
+    times = [t for s in shown for t in (s.start, s.end)]
+    x_ticks = ticks(min([0, *times]), max(times, default=1), 7)
+    labels = [_row_label(s) for s in shown]
+    indent = 14
+    left = (
+        PAD
+        + max(
+            (s.depth * indent + _width(lb, SMALL) for s, lb in zip(shown, labels, strict=True)),
+            default=0,
+        )
+        + 12
+    )
+    x = _Scale(x_ticks[0], x_ticks[-1], left, WIDTH - PAD - 8)
+    row, bar = 20, 12
+    y = top + 4
+    back, front = [], []
+    for number, (span, label) in enumerate(zip(shown, labels, strict=True)):
+        middle = y + row / 2
+        if number % 2:
+            back.append(_rect(PAD, y, WIDTH - 2 * PAD, row, fill=STRIPE))
+        fill = ERROR if span.error else SPAN
+        front.append(
+            _text(
+                PAD + span.depth * indent,
+                middle + 4,
+                label,
+                size=SMALL,
+                fill=fill if span.error else INK,
+            )
+        )
+        x0, x1 = x(span.start), x(max(span.end, span.start))
+        kind = "span error" if span.error else "span"
+        front.append(_rect(x0, middle - bar / 2, max(x1 - x0, 1.5), bar, fill=fill, kind=kind))
+        for when, event in span.events:
+            if event in colour and _finite(when):
+                front.append(
+                    _line(
+                        x(when),
+                        middle - bar / 2 - 3,
+                        x(when),
+                        middle + bar / 2 + 3,
+                        stroke=colour[event],
+                        width=2,
+                        kind="event",
+                    )
+                )
+        y += row
+    bottom = max(y, top + 60)
+    if not shown:
+        front.append(_text(x.middle, (top + bottom) / 2, "no data", anchor="middle"))
+    back += [_line(x(t), top, x(t), bottom) for t in x_ticks]
+    front.append(_line(x.start, bottom, x.end, bottom, stroke=INK))
+    front += _x_axis(x, x_ticks, bottom, unit)
+    return _document(title, bottom + 50, [*head, *back, *front])
+
+
+#: The background of every other row of a `waterfall`.
+STRIPE = "#f6f8fa"
+
+
+def _row_label(span: Span) -> str:
+    words = [span.name, span.detail, "(error)" if span.error else ""]
+    return " ".join(word for word in words if word)
+
+
+@dataclass(frozen=True)
 class _Scale:
     """Maps a value from ``low``-``high`` to a coordinate from ``start`` to ``end``."""
 
@@ -345,6 +465,8 @@ def _heading(title: str, legend: Sequence[tuple[str, str, str]]) -> tuple[list[s
             body.append(_rect(x, y - 10, 14, 12, fill=colour))
         elif kind == "line":
             body.append(_line(x, y - 4, x + 18, y - 4, stroke=colour, width=2.5))
+        elif kind == "tick":
+            body.append(_line(x + 7, y - 12, x + 7, y + 2, stroke=colour, width=2))
         else:
             body.append(_dashed(x, y - 4, x + 18, y - 4, "key"))
         body.append(_text(x + 22, y, label, size=LABEL))
