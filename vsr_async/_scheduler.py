@@ -12,11 +12,13 @@ task waiting behind thousands of others, or behind the rate budget, is never giv
 and it is the subscriber's alone: an entry of its own in the heap gives the task up for it when
 it comes, paused or not, while the others go on. When a task's last subscriber leaves, its
 record is dropped and a poll of it in flight is cancelled. A task whose poll failed (a 429, a
-5xx, a dropped connection...) is polled again after the ``Retry-After`` or backoff, sooner than
-its interval for its first `QUICK_RETRIES` failures in a row, then no sooner than its interval;
-the session's rate budget learns from every answer. When the budget pauses every request of
-the client (a ``Retry-After`` of `PAUSE_RETRY_AFTER` or more), the dispatcher holds due records
-until the pause ends.
+5xx, a dropped connection...) is polled again after the ``Retry-After`` (a short one
+lengthened by up to `RETRY_AFTER_JITTER`) or backoff, sooner than its interval for its first
+`QUICK_RETRIES` failures in a row while quick retries are at most `QUICK_RETRY_SHARE` of the
+polls (a retry budget: an outage, where every poll fails, is not met with several polls per
+task), else no sooner than its interval; the session's rate budget learns from every answer.
+When the budget pauses every request of the client (a ``Retry-After`` of `PAUSE_RETRY_AFTER` or
+more), the dispatcher holds due records until the pause ends.
 """
 
 from __future__ import annotations
@@ -35,12 +37,17 @@ import attrs
 from ._config import (
     JITTER,
     MAX_MALFORMED,
+    PAUSE_RETRY_AFTER,
     QUICK_RETRIES,
+    QUICK_RETRY_BURST,
+    QUICK_RETRY_SHARE,
     RATE_WINDOW,
+    RETRY_AFTER_JITTER,
     WARN_AFTER_FAILURES,
     WARN_EVERY,
 )
 from ._errors import (
+    APIStatusError,
     AuthenticationError,
     PermissionDeniedError,
     RateLimitError,
@@ -173,6 +180,8 @@ class Scheduler:
         self._changed: anyio.Event | None = None
         self._in_flight = self._polls = self._retries = self._rate_limited = 0
         self._meter: _Meter | None = None
+        self._quick_tokens = QUICK_RETRY_BURST  # quick retries allowed now (a retry budget)
+        self._polls_earned = 0  # the polls that have earned their share of it
 
     # The subscribers' side.
 
@@ -374,8 +383,17 @@ class Scheduler:
             # (but not a word per task: a bad server fails them all).
             self._warned_at = now
             logger.warning("polls keep failing (%s); retrying with backoff", exc)
-        if record.failures > QUICK_RETRIES:  # it keeps failing: no sooner than its interval
-            delay = max(delay, self._next_interval(record, now))
+        retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
+        if retry_after is not None and retry_after < PAUSE_RETRY_AFTER:
+            delay *= random.uniform(1, 1 + RETRY_AFTER_JITTER)  # so a herd comes back spread
+        # Sooner than its interval only for a few failures in a row, and (but after a 429, which
+        # the rate budget paces) within the retry budget: an outage is not met with more polls.
+        interval = self._next_interval(record, now)
+        refused = isinstance(exc, RateLimitError)
+        if delay < interval and (
+            record.failures > QUICK_RETRIES or not (refused or self._spend_quick_retry())
+        ):
+            delay = interval
         logger.debug("polling %r failed (%s); again in %.2f s", record.task_id, exc, delay)
         if self._hooks is not None:
             details = RetryDetails(
@@ -388,6 +406,17 @@ class Scheduler:
             )
             self._hooks.on_retry(details)
         self._schedule(record, now + delay)
+
+    def _spend_quick_retry(self) -> bool:
+        """Take one quick retry from the budget, if one is left: each poll sent earns
+        `QUICK_RETRY_SHARE` of one, up to `QUICK_RETRY_BURST` saved."""
+        earned = (self._polls - self._polls_earned) * QUICK_RETRY_SHARE
+        self._polls_earned = self._polls
+        self._quick_tokens = min(QUICK_RETRY_BURST, self._quick_tokens + earned)
+        if self._quick_tokens < 1:
+            return False
+        self._quick_tokens -= 1
+        return True
 
     def _expire(self, expiry: _Expiry) -> None:
         """A subscriber's deadline for a task: give the task up for it."""
