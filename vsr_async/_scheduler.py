@@ -17,6 +17,8 @@ lengthened by up to `RETRY_AFTER_JITTER`) or backoff, sooner than its interval f
 `QUICK_RETRIES` failures in a row while quick retries are at most `QUICK_RETRY_SHARE` of the
 polls (a retry budget: an outage, where every poll fails, is not met with several polls per
 task), else no sooner than its interval; the session's rate budget learns from every answer.
+A task refused with a 429 did not use its turn: after its wait it is polled in the place in
+line it had, ahead of the tasks that became due after it (held apart until then, see `_hold`).
 When the budget pauses every request of the client (a ``Retry-After`` of `PAUSE_RETRY_AFTER` or
 more), the dispatcher holds due records until the pause ends.
 """
@@ -151,6 +153,7 @@ class _Record:
     malformed: int = 0  # consecutive unreadable answers
     version: int = 0  # bumped when rescheduled or dropped: older heap entries are stale
     due: float = 0.0  # when its next poll is due (told to the hooks as lateness)
+    turn: tuple[float, int] = (0.0, 0)  # its place in line: its entry's (when, order) in the heap
     polling: anyio.CancelScope | None = None  # the poll in flight
     unwound: anyio.Event | None = None  # set once a cancelled poll in flight has unwound
 
@@ -174,6 +177,7 @@ class Scheduler:
         self._workers = workers
         self._records: dict[str, _Record] = {}
         self._due: list[tuple[float, int, _Record | _Expiry, int]] = []
+        self._held: list[tuple[float, int, _Record, int]] = []  # refused: (until, ...), see _hold
         self._subscriptions = 0  # (subscriber, task) pairs: each has at most one live _Expiry
         self._order = itertools.count()  # ties in the heap go to the first scheduled
         self._warned_at = -math.inf  # when we last warned of polls failing again and again
@@ -247,9 +251,11 @@ class Scheduler:
     async def _dispatch(self, jobs: MemoryObjectSendStream[_Record]) -> None:
         while True:
             now = anyio.current_time()
+            self._release(now)
             due = self._due[0][0] if self._due else math.inf
             if due > now:
-                with anyio.move_on_after(due - now):
+                held = self._held[0][0] if self._held else math.inf
+                with anyio.move_on_after(min(due, held) - now):
                     await self._wait_changed()
                 continue
             _, _, item, version = heapq.heappop(self._due)
@@ -405,7 +411,10 @@ class Scheduler:
                 tuple(record.subscribers),
             )
             self._hooks.on_retry(details)
-        self._schedule(record, now + delay)
+        if refused and record.failures <= QUICK_RETRIES:
+            self._hold(record, now + delay)  # a turn refused is not a turn used: its place kept
+        else:
+            self._schedule(record, now + delay)
 
     def _spend_quick_retry(self) -> bool:
         """Take one quick retry from the budget, if one is left: each poll sent earns
@@ -455,17 +464,36 @@ class Scheduler:
     def _schedule(self, record: _Record, when: float) -> None:
         record.version += 1
         record.due = when
-        self._push(when, record, record.version)
+        record.turn = self._push(when, record, record.version)
 
-    def _push(self, when: float, item: _Record | _Expiry, version: int) -> None:
+    def _hold(self, record: _Record, until: float) -> None:
+        """Poll ``record`` again no sooner than ``until``, in the place in line it had: ahead of
+        the tasks that became due after it. (A refused task sent to the back of the line, behind
+        every task due by then, lost a turn per refusal under a quota.)"""
+        record.version += 1
+        record.due = until
+        heapq.heappush(self._held, (until, next(self._order), record, record.version))
+        if self._changed is not None:
+            self._changed.set()
+
+    def _release(self, now: float) -> None:
+        """Put the held records whose wait is over back in line, each in its place."""
+        while self._held and self._held[0][0] <= now:
+            _, _, record, version = heapq.heappop(self._held)
+            if version == record.version:  # (else dropped, or rescheduled, since)
+                heapq.heappush(self._due, (*record.turn, record, version))
+
+    def _push(self, when: float, item: _Record | _Expiry, version: int) -> tuple[float, int]:
         if len(self._due) > 2 * (len(self._records) + self._subscriptions) + 64:
             # Mostly stale entries (deadlines of subscribers that left, tasks that ended):
             # keep the live ones, so the heap stays proportional to what is watched.
             self._due = [entry for entry in self._due if self._live(*entry[2:])]
             heapq.heapify(self._due)
-        heapq.heappush(self._due, (when, next(self._order), item, version))
+        order = next(self._order)
+        heapq.heappush(self._due, (when, order, item, version))
         if self._changed is not None:
             self._changed.set()
+        return when, order
 
     def _live(self, item: _Record | _Expiry, version: int) -> bool:
         """Whether a heap entry still counts: its record not rescheduled or dropped since, its
