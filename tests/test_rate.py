@@ -236,6 +236,32 @@ def test_a_server_refusing_everything_gets_a_probe_a_second() -> None:
     assert budget.current == 100.0
 
 
+def test_the_learnt_rate_climbs_only_while_it_holds_the_client_back() -> None:
+    """Once a quota is learnt, successes raise the rate only while requests wait for tokens:
+    a minute of 10 requests a second, all accepted, under a learnt rate of 34 leaves it where
+    it was (the defect: it crept to 60, half again the quota, for a later burst to overshoot); a
+    caller then taking every token it can makes it climb again, by about QUOTA_RECOVERY of the
+    quota per second."""
+    clock = FakeClock()
+    budget = RateBudget(None, clock=clock)
+    answer_window(budget, clock, accepted=40, refused=60)  # a quota of about 40 a second
+    learnt = budget.current
+    assert learnt == pytest.approx(QUOTA_DECREASE * 40, rel=0.03)
+    for _ in range(600):  # a minute at 10 a second: a token is always there
+        assert budget.try_acquire() == 0
+        budget.answered(clock.now, 200)
+        clock.now += 0.1
+    assert budget.current == learnt
+    start = clock.now
+    while clock.now < start + 10.0:  # ten seconds of a caller that always has a request
+        while (wait := budget.try_acquire()) > 0:
+            clock.now += wait
+        budget.answered(clock.now, 200)
+    assert budget.current is not None
+    climbed = (budget.current - learnt) / 10.0  # per second
+    assert 0.5 * QUOTA_RECOVERY * 40 <= climbed <= 2 * QUOTA_RECOVERY * 40
+
+
 class Limiter:
     """A server's limiter of ``rate`` requests a second: a leaky bucket holding ``burst``, or
     a window of ``rate`` requests per whole second of the clock."""
