@@ -379,6 +379,8 @@ class Scheduler:
         """Schedule a poll that failed with a transient ``exc`` again; a ``Retry-After`` past
         `MAX_RETRY_AFTER` raises ``exc``, which ends every subscription (as it would fail
         `get_task`)."""
+        if not record.subscribers:
+            return  # dropped while its poll failed (on trio, a cancel can come after the answer)
         now = anyio.current_time()
         self._retries += 1
         self._rate_limited += isinstance(exc, RateLimitError)
