@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
-    from _helpers import Seen
+    from _helpers import Answer, Seen
 
     from vsr_async import Watcher
 
@@ -234,6 +234,32 @@ def test_a_server_refusing_everything_gets_a_probe_a_second() -> None:
     assert budget.current == 100.0  # never above the ceiling
     budget.answered(clock.now, 404)  # neither a 429 nor a success: no news
     assert budget.current == 100.0
+
+
+def test_the_learnt_rate_climbs_only_while_it_holds_the_client_back() -> None:
+    """Once a quota is learnt, successes raise the rate only while requests wait for tokens:
+    a minute of 10 requests a second, all accepted, under a learnt rate of 34 leaves it where
+    it was (the defect: it crept to 60, half again the quota, for a later burst to overshoot); a
+    caller then taking every token it can makes it climb again, by about QUOTA_RECOVERY of the
+    quota per second."""
+    clock = FakeClock()
+    budget = RateBudget(None, clock=clock)
+    answer_window(budget, clock, accepted=40, refused=60)  # a quota of about 40 a second
+    learnt = budget.current
+    assert learnt == pytest.approx(QUOTA_DECREASE * 40, rel=0.03)
+    for _ in range(600):  # a minute at 10 a second: a token is always there
+        assert budget.try_acquire() == 0
+        budget.answered(clock.now, 200)
+        clock.now += 0.1
+    assert budget.current == learnt
+    start = clock.now
+    while clock.now < start + 10.0:  # ten seconds of a caller that always has a request
+        while (wait := budget.try_acquire()) > 0:
+            clock.now += wait
+        budget.answered(clock.now, 200)
+    assert budget.current is not None
+    climbed = (budget.current - learnt) / 10.0  # per second
+    assert 0.5 * QUOTA_RECOVERY * 40 <= climbed <= 2 * QUOTA_RECOVERY * 40
 
 
 class Limiter:
@@ -572,6 +598,47 @@ async def test_a_429_delays_only_the_task_that_met_it() -> None:
     assert set(others) == set(ids) - {hit.task_id}
     assert min(others.values()) >= 3, others
     assert client.current_rate is None  # one 429 among many answers: no quota learnt
+
+
+async def test_a_refused_task_keeps_its_place_in_line() -> None:
+    """While 40 tasks wait their turn for the budget (rate_limit=20), the first one polled is
+    refused (a 429, Retry-After 0.2 s): its Retry-After passed, it is polled ahead of the tasks
+    that became due after it, not behind every task due by then (the defect: a refused task
+    lost a turn per refusal, so under a quota one was polled a third of its fair share).
+    Decided on the order of polls: the budget lets at most 6 go out in 0.24 s, and then only the
+    few polls already handed to a worker come before it, on any machine."""
+    tasks = 40
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(tasks)]
+    limited = json_answer(429, {"message": "Too many requests"}, (b"retry-after", b"0.2"))
+    refused: list[str] = []
+
+    def answer(task_id: str | None, _: int) -> Answer | None:
+        if refused or task_id is None:
+            return None
+        refused.append(task_id)  # the first task polled
+        return limited
+
+    proxy = Proxy(emulator, answer)
+
+    def order() -> list[str | None]:
+        return [seen.task_id for seen in sorted(proxy.seen, key=lambda seen: seen.arrived)]
+
+    async with serve(proxy, rate_limit=20.0, max_connections=2) as client:
+        with anyio.fail_after(60):
+            async with (
+                client.watch(ids, interval=60.0) as watcher,
+                anyio.create_task_group() as group,
+            ):
+                group.start_soon(drain, watcher)
+                await until(lambda: set(order()) == set(ids) and order().count(refused[0]) == 2)
+                group.cancel_scope.cancel()
+    polls = order()
+    assert polls[0] == refused[0]
+    again = polls.index(refused[0], 1)
+    due_later = [task_id for task_id in ids if task_id != refused[0]]
+    behind = [task_id for task_id in due_later if polls.index(task_id) > again]
+    assert len(behind) >= tasks // 2, again  # (about 30; the defect: none)
 
 
 @pytest.mark.parametrize("retry_after", [True, False], ids=["Retry-After", "no Retry-After"])

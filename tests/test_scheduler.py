@@ -14,8 +14,9 @@ import anyio
 import pytest
 from _helpers import KEY, record_sends, serve, still_polling
 
-from vsr_async import AsyncVSRClient, TaskStatus, Transition, WaitTimeoutError
+from vsr_async import AsyncVSRClient, ServerError, TaskStatus, Transition, WaitTimeoutError
 from vsr_async._config import JITTER
+from vsr_async._scheduler import _Record
 from vsr_async.testing import Emulator, Timeline
 
 pytestmark = pytest.mark.anyio
@@ -237,3 +238,18 @@ async def test_deadlines_of_watches_that_left_do_not_pile_up() -> None:
         # Live: the task's entry alone (the keeper has no deadline); stale ones are swept
         # when there are more than 2 x (1 task + 1 subscription) + 64.
         assert len(due) <= 2 * (1 + 1) + 64 + 1
+
+
+async def test_a_poll_failing_after_its_last_subscriber_left_schedules_nothing() -> None:
+    """A poll can fail after its task's last subscriber left (on trio, a cancel that comes
+    after the answer is delivered at the next checkpoint): the failure is dropped quietly,
+    whatever the failures in a row before, instead of asking the schedules of no subscriber
+    for an interval (ValueError, which ended every watch of the client)."""
+    async with AsyncVSRClient(KEY, base_url="http://127.0.0.1:9/api") as client:
+        scheduler = client._scheduler
+        for failures in (0, 5):
+            record = _Record("task_left", since=anyio.current_time(), failures=failures)
+            scheduler._failed(record, ServerError("busy", status_code=503))
+            assert record.failures == failures
+        assert scheduler._due == []
+        assert client.stats.retries == 0

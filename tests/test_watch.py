@@ -45,7 +45,14 @@ from vsr_async import (
     WaitTimeoutError,
     Watcher,
 )
-from vsr_async._config import JITTER, MAX_MALFORMED, QUICK_RETRIES
+from vsr_async._config import (
+    JITTER,
+    MAX_MALFORMED,
+    QUICK_RETRIES,
+    QUICK_RETRY_BURST,
+    QUICK_RETRY_SHARE,
+    RETRY_AFTER_JITTER,
+)
 from vsr_async.testing import Emulator, Faults, Timeline
 
 if TYPE_CHECKING:
@@ -485,6 +492,74 @@ async def test_a_failed_poll_is_retried_soon_then_no_sooner_than_the_interval(
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
     assert all(gap < interval / 2 for gap in gaps[:QUICK_RETRIES]), gaps  # backoff: ms
     assert gaps[QUICK_RETRIES] >= interval * (1 - JITTER) - 1e-3, gaps
+
+
+@pytest.mark.parametrize("fault", ["5xx", "dropped"])
+async def test_an_outage_is_not_met_with_quick_retries(fast_backoff: None, fault: str) -> None:
+    """When every poll fails (every answer a 5xx, or every connection dropped), quick retries
+    stay within the retry budget: before their interval, 40 tasks are polled about once each
+    (at most QUICK_RETRY_BURST more, and QUICK_RETRY_SHARE of the polls), not 1 + QUICK_RETRIES
+    times each, which made an outage's first interval 4x the load. Decided once every task's
+    next poll is scheduled an interval after its last, not on time."""
+    tasks, interval = 40, 60.0
+    faults = Faults(error_rate=1.0) if fault == "5xx" else Faults(drop_rate=1.0)
+    emulator = Emulator(faults=faults)
+    ids = [emulator.add_task(FOREVER) for _ in range(tasks)]
+    async with serve(emulator) as client:
+        scheduler = client._scheduler
+        start = anyio.current_time()
+
+        def every_task_waits_its_interval() -> bool:
+            due = [
+                when
+                for when, _, item, version in scheduler._due
+                if isinstance(item, vsr_async._scheduler._Record) and scheduler._live(item, version)
+            ]
+            return len(due) == tasks and min(due) >= start + interval * (1 - JITTER)
+
+        with anyio.fail_after(30):
+            async with client.watch(ids, interval=interval) as watcher:
+                while not every_task_waits_its_interval():  # noqa: ASYNC110 (no event for it)
+                    await anyio.sleep(0.01)
+                polls = watcher.stats.polls
+    assert len(emulator.requests) == polls  # every one failed, none is left in flight
+    budget = QUICK_RETRY_BURST + QUICK_RETRY_SHARE * tasks  # what the first polls allow ...
+    most = tasks + budget / (1 - QUICK_RETRY_SHARE)  # ... and the quick retries earn more
+    assert tasks <= polls <= most, polls  # 62 (the defect: 4 each, 160)
+
+
+async def test_a_short_retry_after_is_lengthened_a_little(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tasks refused together with a short Retry-After come back spread over up to
+    RETRY_AFTER_JITTER more of it, never sooner than asked: drawn here at its longest, each
+    one's next poll arrives that much after its 429 (the defect: all of them after exactly the
+    Retry-After, in one herd)."""
+    drawn: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return high
+
+    monkeypatch.setattr(vsr_async._scheduler, "random", types.SimpleNamespace(uniform=uniform))
+    tasks, retry_after = 10, 0.5
+    emulator = Emulator()
+    ids = [emulator.add_task(FOREVER) for _ in range(tasks)]
+    limited = json_answer(429, {"message": "Too many requests"}, (b"retry-after", b"0.5"))
+    proxy = Proxy(emulator, lambda _task_id, n: limited if n <= tasks else None)
+    async with serve(proxy) as client:
+        with anyio.fail_after(30):
+            async with client.watch(ids, interval=60.0) as watcher:
+                seen = set()
+                async for transition in watcher:  # each task's first answer, after its 429
+                    seen.add(transition.task_id)
+                    if len(seen) == tasks:
+                        break
+    for task_id in ids:
+        refused, answered = [s for s in proxy.seen if s.task_id == task_id]
+        assert refused.status_code == 429
+        assert answered.arrived - refused.answered >= retry_after * (1 + RETRY_AFTER_JITTER)
+    assert (1, 1 + RETRY_AFTER_JITTER) in drawn
 
 
 # 6. A long Retry-After pauses the whole watcher.

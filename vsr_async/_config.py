@@ -40,6 +40,21 @@ MAX_MALFORMED = 3
 #: moment, not an interval. From the next, no sooner than its interval either: the server is
 #: struggling, and a watch of many tasks must not multiply its load.
 QUICK_RETRIES = 3
+#: ... and only while quick retries are at most this share of the polls sent: a retry budget,
+#: as Finagle's and Envoy's (20% there too). While a few polls fail, each is retried quickly;
+#: in an outage, when every poll fails, quick retries add at most a quarter to the load (each
+#: poll earns a fifth of one), where three each made the outage's first interval 4x. Under
+#: the chaos mix (28% of polls failing) most failures are still retried quickly. A 429's
+#: retries are not counted: the rate budget paces those.
+QUICK_RETRY_SHARE = 0.2
+#: ... plus this many saved up while polls go through (and no more): the first failures of a
+#: blip are retried quickly however few polls came before them (one task failing
+#: `QUICK_RETRIES` times in a row, a dozen at once).
+QUICK_RETRY_BURST = 10.0
+#: A task's retry after a ``Retry-After`` shorter than `PAUSE_RETRY_AFTER` waits up to this
+#: share of it longer (never less than the server asked): tasks refused together come back
+#: spread over a fifth of the wait, not in one herd that the server refuses again.
+RETRY_AFTER_JITTER = 0.2
 #: A watch logs a warning when a task's polls fail this often in a row: a wrong base URL or a
 #: dead server should not look like slow tasks.
 WARN_AFTER_FAILURES = 3

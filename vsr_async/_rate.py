@@ -18,7 +18,11 @@ is `QUOTA_FLOOR`, a probe a second until one goes through. A few 429s among many
 busy server's, not a quota's) cut nothing. Each success then adds ``QUOTA_RECOVERY * peak /
 rate``, ``peak`` the highest rate the server was seen to accept: at full speed the rate climbs
 by `QUOTA_RECOVERY` of it per second, probing for more (only traffic that went through can
-raise it), and once past the ``rate_limit`` only the ceiling is left.
+raise it), and once past the ``rate_limit`` only the ceiling is left. It climbs only while the
+budget is what holds the client back (a request waited for a token in the last
+`_CLIMB_AFTER_WAIT` seconds): a client asking less than it is allowed learns nothing of the
+quota from its successes, and a rate that crept far above the quota would let a later burst
+overshoot it.
 
 A 429 delays only the request that met it: its caller retries after the ``Retry-After``, or
 backoff. The budget stops every token only for a ``Retry-After`` (on a 429 or any other
@@ -66,6 +70,9 @@ _RECHECK = 0.5
 _STALE_WINDOWS = 10
 #: Seconds without a request that start a window again: idle time is not the quota's.
 _IDLE = 5.0
+#: A success raises the learnt rate only this many seconds after a request last waited for a
+#: token: the length of a window, so a climb stops within one once demand falls below the rate.
+_CLIMB_AFTER_WAIT = QUOTA_WINDOW
 
 
 class RateBudget:
@@ -87,6 +94,7 @@ class RateBudget:
         self._tokens = self._capacity()
         self._updated: float | None = None  # (no clock before the event loop runs)
         self._not_before = -math.inf  # no token before then: the server's pause
+        self._waited_at = -math.inf  # when a request last found no token: the budget limited it
         # The current window: requests sent from `_opened` on, their answers and 429s, and
         # when the last of them was sent (their rate is over the time they were sent in).
         self._opened: float | None = None  # (opens at the first request answered)
@@ -139,6 +147,7 @@ class RateBudget:
         if self._tokens >= 1 - _ROUNDING:  # (a sleep computed to the token can fall short of it)
             self._tokens = max(self._tokens - 1, 0.0)
             return 0.0
+        self._waited_at = now
         return (1 - self._tokens) / self._rate
 
     def answered(self, sent_at: float, status_code: int, retry_after: str | None = None) -> None:
@@ -148,7 +157,7 @@ class RateBudget:
         refused = status_code == 429
         self._count(sent_at, now, refused=refused)
         if 200 <= status_code < 300:
-            self._succeeded()
+            self._succeeded(now)
             return
         pause = parse_retry_after(retry_after)
         if pause is not None and PAUSE_RETRY_AFTER <= pause <= MAX_RETRY_AFTER:
@@ -203,9 +212,9 @@ class RateBudget:
         else:
             self._peak = max(self._peak, accepted)
 
-    def _succeeded(self) -> None:
-        """A request went through: the learnt rate climbs."""
-        if self._learnt < math.inf:
+    def _succeeded(self, now: float) -> None:
+        """A request went through: the learnt rate climbs, if it is what limits the client."""
+        if self._learnt < math.inf and now - self._waited_at <= _CLIMB_AFTER_WAIT:
             before = self._learnt
             self._learnt += QUOTA_RECOVERY * max(self._peak, QUOTA_FLOOR) / before
             if self.limit is not None and before < self.limit <= self._learnt:
@@ -230,6 +239,7 @@ class RateBudget:
             elapsed = now - self._updated
             if elapsed < 0:  # another clock: keep every time relative to the last look
                 self._not_before += elapsed
+                self._waited_at += elapsed
                 if self._opened is not None:
                     self._opened += elapsed
                     self._last_sent += elapsed

@@ -12,11 +12,15 @@ task waiting behind thousands of others, or behind the rate budget, is never giv
 and it is the subscriber's alone: an entry of its own in the heap gives the task up for it when
 it comes, paused or not, while the others go on. When a task's last subscriber leaves, its
 record is dropped and a poll of it in flight is cancelled. A task whose poll failed (a 429, a
-5xx, a dropped connection...) is polled again after the ``Retry-After`` or backoff, sooner than
-its interval for its first `QUICK_RETRIES` failures in a row, then no sooner than its interval;
-the session's rate budget learns from every answer. When the budget pauses every request of
-the client (a ``Retry-After`` of `PAUSE_RETRY_AFTER` or more), the dispatcher holds due records
-until the pause ends.
+5xx, a dropped connection...) is polled again after the ``Retry-After`` (a short one
+lengthened by up to `RETRY_AFTER_JITTER`) or backoff, sooner than its interval for its first
+`QUICK_RETRIES` failures in a row while quick retries are at most `QUICK_RETRY_SHARE` of the
+polls (a retry budget: an outage, where every poll fails, is not met with several polls per
+task), else no sooner than its interval; the session's rate budget learns from every answer.
+A task refused with a 429 did not use its turn: after its wait it is polled in the place in
+line it had, ahead of the tasks that became due after it (held apart until then, see `_hold`).
+When the budget pauses every request of the client (a ``Retry-After`` of `PAUSE_RETRY_AFTER` or
+more), the dispatcher holds due records until the pause ends.
 """
 
 from __future__ import annotations
@@ -35,12 +39,17 @@ import attrs
 from ._config import (
     JITTER,
     MAX_MALFORMED,
+    PAUSE_RETRY_AFTER,
     QUICK_RETRIES,
+    QUICK_RETRY_BURST,
+    QUICK_RETRY_SHARE,
     RATE_WINDOW,
+    RETRY_AFTER_JITTER,
     WARN_AFTER_FAILURES,
     WARN_EVERY,
 )
 from ._errors import (
+    APIStatusError,
     AuthenticationError,
     PermissionDeniedError,
     RateLimitError,
@@ -144,6 +153,7 @@ class _Record:
     malformed: int = 0  # consecutive unreadable answers
     version: int = 0  # bumped when rescheduled or dropped: older heap entries are stale
     due: float = 0.0  # when its next poll is due (told to the hooks as lateness)
+    turn: tuple[float, int] = (0.0, 0)  # its place in line: its entry's (when, order) in the heap
     polling: anyio.CancelScope | None = None  # the poll in flight
     unwound: anyio.Event | None = None  # set once a cancelled poll in flight has unwound
 
@@ -167,12 +177,15 @@ class Scheduler:
         self._workers = workers
         self._records: dict[str, _Record] = {}
         self._due: list[tuple[float, int, _Record | _Expiry, int]] = []
+        self._held: list[tuple[float, int, _Record, int]] = []  # refused: (until, ...), see _hold
         self._subscriptions = 0  # (subscriber, task) pairs: each has at most one live _Expiry
         self._order = itertools.count()  # ties in the heap go to the first scheduled
         self._warned_at = -math.inf  # when we last warned of polls failing again and again
         self._changed: anyio.Event | None = None
         self._in_flight = self._polls = self._retries = self._rate_limited = 0
         self._meter: _Meter | None = None
+        self._quick_tokens = QUICK_RETRY_BURST  # quick retries allowed now (a retry budget)
+        self._polls_earned = 0  # the polls that have earned their share of it
 
     # The subscribers' side.
 
@@ -238,9 +251,11 @@ class Scheduler:
     async def _dispatch(self, jobs: MemoryObjectSendStream[_Record]) -> None:
         while True:
             now = anyio.current_time()
+            self._release(now)
             due = self._due[0][0] if self._due else math.inf
             if due > now:
-                with anyio.move_on_after(due - now):
+                held = self._held[0][0] if self._held else math.inf
+                with anyio.move_on_after(min(due, held) - now):
                     await self._wait_changed()
                 continue
             _, _, item, version = heapq.heappop(self._due)
@@ -364,6 +379,8 @@ class Scheduler:
         """Schedule a poll that failed with a transient ``exc`` again; a ``Retry-After`` past
         `MAX_RETRY_AFTER` raises ``exc``, which ends every subscription (as it would fail
         `get_task`)."""
+        if not record.subscribers:
+            return  # dropped while its poll failed (on trio, a cancel can come after the answer)
         now = anyio.current_time()
         self._retries += 1
         self._rate_limited += isinstance(exc, RateLimitError)
@@ -374,8 +391,17 @@ class Scheduler:
             # (but not a word per task: a bad server fails them all).
             self._warned_at = now
             logger.warning("polls keep failing (%s); retrying with backoff", exc)
-        if record.failures > QUICK_RETRIES:  # it keeps failing: no sooner than its interval
-            delay = max(delay, self._next_interval(record, now))
+        retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
+        if retry_after is not None and retry_after < PAUSE_RETRY_AFTER:
+            delay *= random.uniform(1, 1 + RETRY_AFTER_JITTER)  # so a herd comes back spread
+        # Sooner than its interval only for a few failures in a row, and (but after a 429, which
+        # the rate budget paces) within the retry budget: an outage is not met with more polls.
+        interval = self._next_interval(record, now)
+        refused = isinstance(exc, RateLimitError)
+        if delay < interval and (
+            record.failures > QUICK_RETRIES or not (refused or self._spend_quick_retry())
+        ):
+            delay = interval
         logger.debug("polling %r failed (%s); again in %.2f s", record.task_id, exc, delay)
         if self._hooks is not None:
             details = RetryDetails(
@@ -387,7 +413,21 @@ class Scheduler:
                 tuple(record.subscribers),
             )
             self._hooks.on_retry(details)
-        self._schedule(record, now + delay)
+        if refused and record.failures <= QUICK_RETRIES:
+            self._hold(record, now + delay)  # a turn refused is not a turn used: its place kept
+        else:
+            self._schedule(record, now + delay)
+
+    def _spend_quick_retry(self) -> bool:
+        """Take one quick retry from the budget, if one is left: each poll sent earns
+        `QUICK_RETRY_SHARE` of one, up to `QUICK_RETRY_BURST` saved."""
+        earned = (self._polls - self._polls_earned) * QUICK_RETRY_SHARE
+        self._polls_earned = self._polls
+        self._quick_tokens = min(QUICK_RETRY_BURST, self._quick_tokens + earned)
+        if self._quick_tokens < 1:
+            return False
+        self._quick_tokens -= 1
+        return True
 
     def _expire(self, expiry: _Expiry) -> None:
         """A subscriber's deadline for a task: give the task up for it."""
@@ -426,17 +466,36 @@ class Scheduler:
     def _schedule(self, record: _Record, when: float) -> None:
         record.version += 1
         record.due = when
-        self._push(when, record, record.version)
+        record.turn = self._push(when, record, record.version)
 
-    def _push(self, when: float, item: _Record | _Expiry, version: int) -> None:
+    def _hold(self, record: _Record, until: float) -> None:
+        """Poll ``record`` again no sooner than ``until``, in the place in line it had: ahead of
+        the tasks that became due after it. (A refused task sent to the back of the line, behind
+        every task due by then, lost a turn per refusal under a quota.)"""
+        record.version += 1
+        record.due = until
+        heapq.heappush(self._held, (until, next(self._order), record, record.version))
+        if self._changed is not None:
+            self._changed.set()
+
+    def _release(self, now: float) -> None:
+        """Put the held records whose wait is over back in line, each in its place."""
+        while self._held and self._held[0][0] <= now:
+            _, _, record, version = heapq.heappop(self._held)
+            if version == record.version:  # (else dropped, or rescheduled, since)
+                heapq.heappush(self._due, (*record.turn, record, version))
+
+    def _push(self, when: float, item: _Record | _Expiry, version: int) -> tuple[float, int]:
         if len(self._due) > 2 * (len(self._records) + self._subscriptions) + 64:
             # Mostly stale entries (deadlines of subscribers that left, tasks that ended):
             # keep the live ones, so the heap stays proportional to what is watched.
             self._due = [entry for entry in self._due if self._live(*entry[2:])]
             heapq.heapify(self._due)
-        heapq.heappush(self._due, (when, next(self._order), item, version))
+        order = next(self._order)
+        heapq.heappush(self._due, (when, order, item, version))
         if self._changed is not None:
             self._changed.set()
+        return when, order
 
     def _live(self, item: _Record | _Expiry, version: int) -> bool:
         """Whether a heap entry still counts: its record not rescheduled or dropped since, its
