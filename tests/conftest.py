@@ -71,3 +71,10 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     # too, on a clock of the budget's that jumps over what it sleeps.
     monkeypatch.setattr(vsr_async._rate, "anyio", _FastForwardAnyio())
     return recorder.delays
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backoff between retries in milliseconds, not seconds."""
+    monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
+    monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)

@@ -21,7 +21,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-import vsr_async._retry
 from vsr_async import (
     AsyncVSRClient,
     CreateDetails,
@@ -58,9 +57,8 @@ ENDLESS = Timeline(((0.0, "queued"),))
 
 
 @pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries after milliseconds, not seconds."""
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
+def _fast(fast_backoff: None) -> None:
+    """Retries after milliseconds, not seconds, in every test here."""
 
 
 class Recorder(Hooks):

@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import vsr_async._retry
 from vsr_async import (
     APIStatusError,
     APITimeoutError,
@@ -168,13 +167,6 @@ async def serving(app: App, **options: Any) -> AsyncIterator[AsyncVSRClient]:
         AsyncVSRClient(SECRET, base_url=server.url + PREFIX, **options) as client,
     ):
         yield client
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff between retries in milliseconds, not seconds."""
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)
 
 
 async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:

@@ -131,13 +131,6 @@ async def drain(watcher: Watcher) -> None:
         pass
 
 
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff after a 429 without Retry-After in milliseconds, not seconds."""
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)
-
-
 # 1. The arithmetic, on a fake clock.
 
 

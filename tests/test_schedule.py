@@ -14,7 +14,6 @@ import pytest
 from _helpers import KEY, by_task, serve
 from rich.console import Console
 
-import vsr_async._retry
 from vsr_async import (
     AsyncVSRClient,
     Schedule,
@@ -29,14 +28,6 @@ from vsr_async._cli._display import LiveDisplay
 from vsr_async._cli._tally import Tally
 from vsr_async._config import RATE_WINDOW
 from vsr_async.testing import Emulator, Faults, Timeline
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff between retries of a failed poll in milliseconds, not seconds."""
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)
-
 
 # The schedule itself.
 

@@ -35,7 +35,6 @@ from _helpers import (
 from anyio.abc import SocketAttribute
 from click.testing import CliRunner, Result
 
-import vsr_async._retry
 from vsr_async import (
     APIConnectionError,
     APIStatusError,
@@ -142,13 +141,6 @@ async def raised(call: Awaitable[object]) -> Exception:
 
 
 # Serving.
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff between retries in milliseconds, not seconds."""
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)
 
 
 @contextlib.asynccontextmanager

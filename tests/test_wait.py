@@ -29,7 +29,6 @@ from _helpers import (
     task_reply,
 )
 
-import vsr_async._retry
 from vsr_async import (
     APIStatusError,
     AsyncVSRClient,
@@ -51,13 +50,6 @@ pytestmark = pytest.mark.anyio
 #: In requests answered, for `request_driven` emulators: seen queued, processing, completed.
 QUICK = Timeline.completed(queued=2, processing=8, actual_duration=42.5)
 STUCK = Timeline(((0.0, "queued"), (0.05, "processing")))
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff between retries of a failed poll in milliseconds, not seconds."""
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)
 
 
 # Over a loopback socket, to the emulator.

@@ -68,13 +68,6 @@ DONE = Timeline(((0.0, "completed"),))
 QUICK = Timeline.completed(queued=12, processing=12)
 
 
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff between retries of a failed poll in milliseconds, not seconds."""
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_FACTOR", 0.01)
-    monkeypatch.setattr(vsr_async._retry, "BACKOFF_MAX", 0.05)
-
-
 def short_timeline(rng: random.Random) -> Timeline:
     """Queued, processing, then completed or failed; each step long enough to be seen."""
     queued, processing = rng.uniform(0.15, 0.4), rng.uniform(0.15, 0.4)
