@@ -12,14 +12,14 @@ requests are checked against the polls the tasks need, so no retried poll goes u
 How the variants are compared. On a shared machine the CPU time of the same work moves by a
 factor of two from one second to the next (other work, the host), and two runs one after the
 other differ by 15% or so; two processes doing the same work at the same time on the same CPU
-differ by about 1%. So the ``before`` process and another variant's run **at the same time**,
-both clients pinned to one CPU and the servers to another (when there are two), and the figure
-is the ratio of the two runs' CPU per poll. In each round every variant is paired with
-``before`` once, in an order rotated each round. A process has a bias of its own of a percent or
-two (its memory layout), so the processes are started afresh for each of ``--sessions``
-sessions, of ``--rounds`` rounds each. ``before`` is also paired with a second ``before``
-process: that A/A ratio shows the noise of the run. Cells: median over the pairs (and the range
-of the sessions' medians).
+differ by about 1%. So the ``before`` process and another variant's each run a watch **at the
+same time**, both clients pinned to one CPU and the servers to another (when there are two),
+and the figure is the ratio of the two runs' CPU per poll. In each round every variant is paired
+with ``before`` once, in an order rotated each round. A process has a bias of its own (two
+processes of the same code differ by a percent or two), so the processes are started afresh for
+each of ``--sessions`` sessions, of ``--rounds`` rounds each. ``before`` is also paired with a
+second ``before`` process: that A/A ratio shows the noise of the run. Cells: median over the
+pairs (and the range of the sessions' medians).
 
 Python function calls per poll, counted by cProfile in one profiled watch of each process of the
 first session (in the event loop's thread), all of them and those into ``vsr_async``'s own code,
@@ -40,7 +40,9 @@ Variants:
 - ``otel-metrics``: the same metrics, spans off (``trace.NoOpTracerProvider()``).
 
 Target (from the issue): ``none`` <= 1.02x ``before``'s CPU per poll (the median of its
-pairs' ratios). The others' ratios are reported without a target.
+pairs' ratios), and <= 1.02x the A/A pair's process too (its median over the A/A median: the
+baseline's process, in every pair, can have a bias of its own of a percent or two). The others'
+ratios are reported without a target.
 
 ``python -m tests.bench.hooks [--sessions 4] [--rounds 3] [--tasks 5] [--warm 10]
 [--variants before,none,noop,otel,otel-metrics]``
@@ -511,13 +513,22 @@ def report(
     checks = []
     if AS_SHIPPED in chosen:
         if found := pairs_of[AS_SHIPPED]:
-            noise = f"; A/A {_by_session(pairs_of[AGAIN])}" if pairs_of[AGAIN] else ""
+            median = statistics.median(pair.ratio for pair in found)
+            ratios = [median]
             text = (
                 f"hooks=None: CPU per poll {_by_session(found)} the library's before Hooks"
-                f" ({BEFORE[:7]}), run at the same time{noise} (target <= {TARGET}x)"
+                f" ({BEFORE[:7]}), run at the same time"
             )
-            median = statistics.median(pair.ratio for pair in found)
-            checks.append((text, median <= TARGET))
+            if again := pairs_of[AGAIN]:
+                # The baseline's process, in every pair, may cost more or less than another
+                # process of the same code: against the A/A pair's process, that bias is gone.
+                noise = statistics.median(pair.ratio for pair in again)
+                ratios.append(median / noise)
+                text += f"; {median / noise:.3f}x a second process of it (A/A {_by_session(again)})"
+            text += (
+                f" (target <= {TARGET}x, both)" if len(ratios) > 1 else f" (target <= {TARGET}x)"
+            )
+            checks.append((text, max(ratios) <= TARGET))
         else:
             text = f"hooks=None against the library before Hooks ({BEFORE[:7]}): not measured"
             checks.append((text, False))
