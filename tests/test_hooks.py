@@ -283,6 +283,9 @@ async def test_otel_span_tree_and_metrics(tmp_path: Path) -> None:
     assert create.parent.span_id == root_id
     assert (create.attributes or {})["vsr.task.id"] == created
     assert [e.name for e in create.events] == ["vsr.retry"]
+    assert create.start_time is not None
+    assert create.end_time is not None
+    assert create.start_time < create.events[0].timestamp < create.end_time  # when it failed
     assert create.events[0].attributes == {
         "vsr.retry.number": 1,
         "vsr.retry.delay": 0.0,

@@ -10,6 +10,7 @@ StatsD counters be.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,7 @@ class RetryDetails:
         delay: Seconds until it is tried again.
         error: The failure.
         watchers: For a poll, the watches (`Watcher` objects) it is for; else empty.
+        at: When it failed, in seconds since the epoch.
     """
 
     what: str
@@ -107,6 +109,7 @@ class RetryDetails:
     delay: float
     error: VSRError
     watchers: tuple[object, ...] = ()
+    at: float = attrs.field(factory=time.time)
 
 
 @attrs.frozen

@@ -34,7 +34,7 @@ from ._rate import RateBudget
 from ._retry import is_transient
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 
     from ._hooks import Guarded
     from ._retry import RetryPolicy
@@ -176,10 +176,18 @@ class Session:
             return "/v1/result/{id}"
         return path.removeprefix(self._base_path)
 
-    async def send(self, method: str, url: str | httpx.URL, *, json: Any = None) -> bytes:
-        """One attempt: the body of a 2xx answer (decoded, as sent); else a `VSRError`."""
+    def send(
+        self, method: str, url: str | httpx.URL, *, json: Any = None
+    ) -> Coroutine[Any, Any, bytes]:
+        """One attempt: the body of a 2xx answer (decoded, as sent); else a `VSRError`.
+
+        Without hooks, the attempt's own coroutine: no frame added to each of a poll's awaits."""
         if self.hooks is None:
-            return await self._send(method, url, json, None)
+            return self._send(method, url, json, None)
+        return self._send_told(method, url, json)
+
+    async def _send_told(self, method: str, url: str | httpx.URL, json: Any) -> bytes:
+        """`send`, its attempt told to the hooks."""
         attempt = _Attempt(anyio.current_time())
         try:
             content = await self._send(method, url, json, attempt)

@@ -229,6 +229,7 @@ class OpenTelemetryHooks(Hooks):
                     "vsr.retry.delay": retry.delay,
                     "error.type": type(retry.error).__name__,
                 },
+                timestamp=_nanoseconds(retry.at),
             )
         if details.task is not None:
             span.set_attribute("vsr.task.id", details.task.id)
