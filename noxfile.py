@@ -33,7 +33,14 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[aiohttp,cli,emulator,otel,redis]", "mypy>=1.10", "pytest", "trio")
+    session.install(
+        "-e",
+        ".[aiohttp,cli,emulator,otel,redis]",
+        "opentelemetry-sdk",
+        "mypy>=1.10",
+        "pytest",
+        "trio",
+    )
     session.run("mypy", "-p", "vsr_async")
 
 
