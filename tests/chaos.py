@@ -667,12 +667,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--backend", action="append", choices=["asyncio", "trio"])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=RATE, help="tasks arriving per second")
     parser.add_argument("--out", type=Path, help="write the figures page here (Markdown)")
+    parser.add_argument("--json", type=Path, help="write each backend's figures here (JSON)")
     args = parser.parse_args(argv)
     logging.getLogger("vsr_async").propagate = False  # counted in the figures, not printed
     results = []
     for backend in args.backend or ["asyncio"]:
-        faulty, clean = anyio.run(pair, args.tasks, args.seed, backend=backend)
+        faulty, clean = anyio.run(pair, args.tasks, args.seed, args.rate, backend=backend)
         problems = verdict(faulty, clean)
         print(
             f"{backend}: {args.tasks} tasks; chaos {faulty.seconds} s, {faulty.requests_sent} "
@@ -687,15 +689,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
         args.out.write_text(figures(results, command))
         write(IMAGES / "chaos.svg", chart(results))
+    if args.json:
+        args.json.write_text(json.dumps([summary(f, c, p) for f, c, p in results]))
     return 1 if any(problems for _, _, problems in results) else 0
 
 
-async def pair(n_tasks: int, seed: int) -> tuple[Report, Report]:
-    """The chaos run, restarted in the middle of the arrivals, and its fault-free twin."""
-    restart_at = n_tasks / RATE / 2
-    faulty = await run(n_tasks, faults=CHAOS, seed=seed, restart_at=restart_at)
-    clean = await run(n_tasks, faults=Faults(), seed=seed, restart_at=None)
+async def pair(n_tasks: int, seed: int, rate: float = RATE) -> tuple[Report, Report]:
+    """The chaos run, restarted in the middle of the arrivals, and its fault-free twin, with
+    ``rate`` tasks arriving per second."""
+    restart_at = n_tasks / rate / 2
+    faulty = await run(n_tasks, faults=CHAOS, seed=seed, restart_at=restart_at, rate=rate)
+    clean = await run(n_tasks, faults=Faults(), seed=seed, restart_at=None, rate=rate)
     return faulty, clean
+
+
+def summary(faulty: Report, clean: Report, problems: list[str]) -> dict[str, Any]:
+    """One backend's figures, for ``tests/bench/chaos.py`` to gather over repetitions."""
+    return {
+        "backend": faulty.backend,
+        "tasks": faulty.tasks,
+        "requests": [faulty.requests_sent, clean.requests_sent],
+        "seconds": [faulty.seconds, clean.seconds],
+        "lags": [list(faulty.lags), list(clean.lags)],
+        "faults": faulty.faults_injected,
+        "problems": problems,
+    }
 
 
 def chart(results: list[tuple[Report, Report, list[str]]]) -> str:
