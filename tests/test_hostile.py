@@ -15,6 +15,7 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vsr_async import (
+    APIConnectionError,
     APIStatusError,
     APITimeoutError,
     AsyncVSRClient,
@@ -344,6 +346,52 @@ async def test_endless_chunked_answer_stops_at_the_bound() -> None:
     assert f"larger than {MAX_RESPONSE_BYTES} bytes" in str(info.value)
     assert info.value.snippet.startswith("<html>xxx")
     assert app.sent < 64 * MAX_RESPONSE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("anyio_backend", "transport"),
+    [("asyncio", "httpx"), ("trio", "httpx"), ("asyncio", "aiohttp")],
+)
+async def test_a_body_longer_than_its_content_length_is_read_to_the_length(
+    transport: str,
+) -> None:
+    """A server sending more than its ``Content-Length`` (here without end) does not make a
+    poll read on: a poll's fast read takes what the transport yields, and each transport
+    shipped frames the body by the length (httpx's reads the task; aiohttp's refuses the
+    bytes beyond as a protocol error). A raw socket: an HTTP server would not send it."""
+    if transport == "aiohttp":
+        pytest.importorskip("aiohttp")
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    head += b"content-length: %d\r\n\r\n" % len(TASK)
+    junk = b"x" * 65536
+    sent = 0
+
+    async def lie(stream: anyio.abc.SocketStream) -> None:
+        nonlocal sent
+        async with stream:
+            await stream.receive()
+            await stream.send(head + TASK)
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                while sent < 64 * MAX_RESPONSE_BYTES:  # a guard: the client stops reading
+                    await stream.send(junk)
+                    sent += len(junk)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 (anyio, not Django)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, lie)
+        base_url = f"http://127.0.0.1:{port}"
+        options: dict[str, Any] = {"timeout": LONG, "max_retries": 0, "transport": transport}
+        async with AsyncVSRClient(SECRET, base_url=base_url, **options) as client:
+            with anyio.fail_after(30):
+                outcome = await outcome_of(client.get_task("task-1"))
+        tg.cancel_scope.cancel()
+    if transport == "httpx":  # h11 ends the body at the length
+        assert outcome == Task(id="task-1", status=TaskStatus.PROCESSING)
+    else:  # aiohttp's parser takes the rest for an answer nobody asked for
+        assert isinstance(outcome, APIConnectionError), outcome
+        assert "Bad status line" in str(outcome)
+    assert sent < 64 * MAX_RESPONSE_BYTES  # the client hung up; the guard never ended it
 
 
 @pytest.mark.parametrize("handler", [huge_length, endless], ids=["content-length", "chunked"])
