@@ -356,6 +356,30 @@ def test_a_clock_going_back_never_starves_the_bucket() -> None:
     assert QUOTA_DECREASE * 40 / 1.1 <= budget.current <= QUOTA_DECREASE * 40
 
 
+def test_a_clock_leaping_forward_earns_one_bucket_and_judges_no_window_over_the_leap() -> None:
+    """A clock that leaps forward (a machine suspended, a new event loop's clock ahead) earns
+    no more than a full bucket, however long the leap; a pause it passed is over; and a window
+    of answers it interrupts starts again after it, instead of judging the quota over the
+    leap (which would take the leap for the server's slowness, and cut the rate to nothing)."""
+    clock = FakeClock()
+    budget = RateBudget(400.0, clock=clock)  # a bucket of 20
+    for _ in range(20):
+        assert budget.try_acquire() == 0
+    budget.pause(30.0)
+    clock.now += 86_400.0
+    taken = 0
+    while budget.try_acquire() == 0:
+        taken += 1
+    assert taken == 20  # one bucket, not 400 a second for a day
+    # Half a window's answers, mostly 429s, then the leap, then a window of the same.
+    budget = RateBudget(None, clock=clock)
+    answer_window(budget, clock, accepted=10, refused=10, seconds=0.5)
+    clock.now += 3_600.0
+    answer_window(budget, clock, accepted=30, refused=30, seconds=1.0)
+    assert budget.current is not None  # judged: the quota is about 30 a second ...
+    assert budget.current >= QUOTA_DECREASE * 30 * 0.9  # ... over the second after the leap
+
+
 class _OffsetLoop(asyncio.SelectorEventLoop):
     offset = 0.0
 
