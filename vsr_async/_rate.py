@@ -34,9 +34,9 @@ client stalling silently.
 The budget reads its clock in one place, `_refill`. A clock that goes back (one client used
 from successive ``trio.run()`` calls, each with its own clock) moves every stored time back with
 it: no tokens are earned for the jump, and a pause keeps only what it had left. One that leaps
-forward (a machine suspended) earns at most a full bucket, ends the pauses it passed, and
-restarts the window of answers it interrupts (as any idle spell of `_IDLE` does): the quota is
-never judged over time nothing was sent in.
+forward (a machine suspended) earns at most a full bucket and ends the pauses it passed; one
+longer than `_IDLE` restarts the window of answers it interrupts, as any idle spell does, so
+the quota is not judged over time nothing was sent in.
 """
 
 from __future__ import annotations
