@@ -71,6 +71,7 @@ class AiohttpWire:
             total=None, connect=timeout.pool, sock_connect=timeout.connect, sock_read=timeout.read
         )
         self._max_bytes = max_bytes
+        self._ssl = httpx.create_ssl_context()  # the CAs httpx trusts (certifi, SSL_CERT_FILE)
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, method: str, url: str, json: Any = None) -> Answer:
@@ -101,7 +102,7 @@ class AiohttpWire:
         connector = aiohttp.TCPConnector(
             limit=self._limits.max_connections or 0,
             keepalive_timeout=self._limits.keepalive_expiry,
-            ssl=httpx.create_ssl_context(),  # the CAs httpx would trust (certifi, SSL_CERT_FILE)
+            ssl=self._ssl,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

@@ -109,6 +109,17 @@ def with_content(response: httpx.Response, content: bytes) -> httpx.Response:
     )
 
 
+def text_appender(url: httpx.URL) -> Callable[[str], str]:
+    """`url_appender` for a sender that takes URLs as text (aiohttp's): the text of the URL
+    httpx would build, without building one."""
+    prefix = str(url)  # (as httpx normalises it, once)
+
+    def appended(segment: str) -> str:
+        return prefix + quote(segment, safe="")
+
+    return appended
+
+
 # -- httpx's internals: each use, and only here ------------------------------------------------
 
 #: Where httpx's ``send()`` logs each request.

@@ -28,6 +28,7 @@ from ._http import (
     log_sent,
     read_bounded,
     shown_url,
+    text_appender,
     transport_for,
     url_appender,
     with_content,
@@ -126,7 +127,11 @@ class Session:
         self.attempt_timeout = _attempt_seconds(timeouts)
         # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
         self._limiter = anyio.CapacityLimiter(max_connections)
-        self.task_url = url_appender(httpx.URL(f"{self.base_url}/v1/result/"))
+        results = httpx.URL(f"{self.base_url}/v1/result/")
+        # A poll's URL: as aiohttp takes it, text, for the aiohttp wire (no httpx.URL made).
+        self.task_url: Callable[[str], str | httpx.URL] = (
+            url_appender(results) if self._wire is None else text_appender(results)
+        )
         self._task_path = httpx.URL(f"{self.base_url}/v1/result/").path
         self._base_path = httpx.URL(self.base_url).path
         self.closed = False
