@@ -115,7 +115,9 @@ class Session:
         # httpx's around them; downloads keep the httpx client, on httpx-aiohttp's transport.
         # Neither reads a proxy from the environment (httpx mounts none over a transport given).
         self._wire = (
-            _aiohttp_wire(headers, limits, http_client.timeout) if transport == "aiohttp" else None
+            _aiohttp_wire(headers, limits, http_client.timeout, _attempt_seconds(timeouts))
+            if transport == "aiohttp"
+            else None
         )
         self._attempt = self._send if self._wire is None else self._send_wire
         self._timeout_extension = http_client.timeout.as_dict()
@@ -270,8 +272,9 @@ class Session:
         self, method: str, url: str | httpx.URL, json: Any, attempt: _Attempt | None
     ) -> bytes:
         """`_send` on aiohttp's own request and response (`AiohttpWire`): the same slot, token,
-        deadline, errors and budget report, without httpx's objects (an `httpx.Response` is
-        built only for an error status, for `APIStatusError.from_response`).
+        deadline (kept by the wire's timer), errors and budget report, without httpx's objects
+        (an `httpx.Response` is built only for an error status, for
+        `APIStatusError.from_response`).
 
         A copy of `_send`'s steps rather than a shared helper: a helper's frame would be paid
         on every poll of the default transport too."""
@@ -290,8 +293,7 @@ class Session:
                 sent_at = await self.budget.acquire()
                 if attempt is not None:
                     attempt.sent_at = sent_at
-                with anyio.fail_after(self.attempt_timeout):
-                    answer = await self._wire.send(method, url, json)
+                answer = await self._wire.send(method, url, json)
             finally:
                 limiter.release()
         except TimeoutError as exc:  # our deadline for the whole attempt
@@ -462,12 +464,16 @@ def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
 
 
 def _aiohttp_wire(
-    headers: Mapping[str, str], limits: httpx.Limits, timeout: httpx.Timeout
+    headers: Mapping[str, str], limits: httpx.Limits, timeout: httpx.Timeout, deadline: float
 ) -> AiohttpWire:
     from ._aiohttp import AiohttpWire  # noqa: PLC0415 (the aiohttp extra is optional)
 
     return AiohttpWire(
-        headers=headers, limits=limits, timeout=timeout, max_bytes=MAX_RESPONSE_BYTES
+        headers=headers,
+        limits=limits,
+        timeout=timeout,
+        deadline=deadline,
+        max_bytes=MAX_RESPONSE_BYTES,
     )
 
 
