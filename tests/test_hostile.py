@@ -636,3 +636,38 @@ def test_any_retry_after_is_none_or_a_finite_delay(value: str) -> None:
     """parse_retry_after never raises: None, or a finite number of seconds, never negative."""
     seconds = parse_retry_after(value)
     assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
+
+
+# The same deadlines on transport="aiohttp" (asyncio only), whose requests are aiohttp's own.
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_aiohttp_trickling_answer_times_out_at_connect_plus_read(fast_backoff: None) -> None:
+    """On the aiohttp transport too, a trickle ends at connect + read = 1 s with the
+    deadline's APITimeoutError, the connection is hung up, and a create it cut off is never
+    sent again (it may have been billed)."""
+    pytest.importorskip("aiohttp")
+    app = App(trickle)
+    options: dict[str, Any] = {"timeout": SHORT, "max_retries": 3, "transport": "aiohttp"}
+    async with serving(app, **options) as client:
+        begun = time.monotonic()
+        with anyio.fail_after(30), pytest.raises(APITimeoutError, match=r"no whole answer in 1 s"):
+            await client.create_task("https://videos.example.com/in.mp4", model=MODEL)
+        elapsed = time.monotonic() - begun
+        await until(lambda: app.hung_up == 1)
+    assert elapsed >= 1.0
+    assert app.requests == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_aiohttp_silent_server_times_out_at_the_read_timeout() -> None:
+    """On the aiohttp transport, a silent server gives the read timeout's APITimeoutError
+    (0.5 s), well before the attempt's deadline (10.5 s)."""
+    pytest.importorskip("aiohttp")
+    app = App(silent)
+    timeout = httpx.Timeout(0.5, connect=10.0)
+    async with serving(app, timeout=timeout, max_retries=0, transport="aiohttp") as client:
+        begun = time.monotonic()
+        with anyio.fail_after(30), pytest.raises(APITimeoutError, match="ReadTimeout"):
+            await client.get_task("task-1")
+        assert time.monotonic() - begun >= 0.5

@@ -18,6 +18,7 @@ from vsr_async._http import (
     error_from_httpx,
     log_sent,
     shown_url,
+    text_appender,
     transport_for,
     url_appender,
 )
@@ -71,6 +72,22 @@ def test_the_fast_url_is_the_one_httpx_parses(base: str) -> None:
         assert fast.raw_path == parsed.raw_path
         assert fast.host == parsed.host
         assert fast.port == parsed.port
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "https://api.example/root/v1/result/",
+        "http://127.0.0.1:8080/v1/result/",
+        "https://xn--bcher-kva.example/a%20b/v1/result/",
+        "https://[::1]:443/p/v1/result/",
+    ],
+)
+def test_the_text_url_is_the_one_httpx_builds(base: str) -> None:
+    """The aiohttp wire's URLs, appended as text, are the text of httpx's URLs."""
+    as_text, as_url = text_appender(httpx.URL(base)), url_appender(httpx.URL(base))
+    for task_id in ODD_IDS:
+        assert as_text(task_id) == str(as_url(task_id))
 
 
 async def test_log_sent_logs_the_line_httpx_send_logs(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,6 +4,7 @@ transport on asyncio. Everything runs against the emulator on a real loopback so
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import sys
@@ -17,11 +18,16 @@ import pytest
 
 from vsr_async import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     AsyncVSRClient,
     Model,
+    RateLimitError,
+    ResponseValidationError,
+    TaskNotFoundError,
     TaskStatus,
 )
+from vsr_async._config import MAX_RESPONSE_BYTES
 from vsr_async.testing import Emulator, EmulatorServer, Faults, Timeline
 
 if TYPE_CHECKING:
@@ -68,6 +74,26 @@ async def every_call(emulator: Emulator, client: AsyncVSRClient) -> None:
     assert emulator.requests
     assert all(r.authorization == f"Bearer {emulator.api_key}" for r in emulator.requests)
     assert all(r.headers["user-agent"].startswith("vsr-async/") for r in emulator.requests)
+
+
+@asynccontextmanager
+async def raw_server(reply: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A server on a loopback socket answering each request's first read with ``reply`` (then
+    hanging up): its base URL, and what each connection sent (one read each)."""
+    received: list[bytes] = []
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            received.append(await stream.receive())
+            if reply:
+                await stream.send(reply)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 (anyio, not Django)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, answer)
+        yield f"http://127.0.0.1:{port}", received
+        tg.cancel_scope.cancel()
 
 
 def closed_port() -> int:
@@ -233,13 +259,18 @@ def test_aiohttp_transport_made_outside_a_loop_is_refused_on_trio() -> None:
 
 @asyncio_only
 async def test_aiohttp_transport_serves_every_call() -> None:
-    """Under transport="aiohttp" the same httpx client creates, queries, waits and watches."""
+    """Under transport="aiohttp" the API's requests go on aiohttp's own request and response,
+    never through httpx's transport, and create, query, wait and watch."""
     needs_aiohttp()
-    from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415 (the extra may be absent)
 
     async with serving(transport="aiohttp", max_connections=3) as (emulator, client):
-        assert isinstance(client._session._transport, AiohttpTransport)
-        assert isinstance(client._session._http._transport, AiohttpTransport)
+
+        async def no_httpx(*args: Any, **kwargs: Any) -> httpx.Response:
+            raise AssertionError("httpx's transport was used")
+
+        session = client._session
+        session._http.send = no_httpx  # type: ignore[method-assign]
+        session._http._transport.handle_async_request = no_httpx  # type: ignore[method-assign]
         await every_call(emulator, client)
         async with anyio.create_task_group() as tg:  # more calls at once than connections
             for task_id in [emulator.add_task(QUICK) for _ in range(20)]:
@@ -296,27 +327,14 @@ async def test_aiohttp_broken_answer_is_a_connection_error_and_no_retried_create
     APIConnectionError, and the billed create is not sent again (httpx-aiohttp alone calls a
     hang-up a connect timeout, i.e. never sent, and lets aiohttp's error out for garbage)."""
     needs_aiohttp()
-    received = 0
-
-    async def answer(stream: anyio.abc.SocketStream) -> None:
-        nonlocal received
-        async with stream:
-            await stream.receive()
-            received += 1
-            if reply:
-                await stream.send(reply)
-
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 (anyio, not Django)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, answer)
-        base_url = f"http://127.0.0.1:{port}"
-        async with AsyncVSRClient("sk-test", base_url=base_url, transport="aiohttp") as client:
-            with pytest.raises(APIConnectionError) as caught:
-                await client.create_task(VIDEO, model=MODEL)
-        tg.cancel_scope.cancel()
+    async with (
+        raw_server(reply) as (base_url, received),
+        AsyncVSRClient("sk-test", base_url=base_url, transport="aiohttp") as client,
+    ):
+        with pytest.raises(APIConnectionError) as caught:
+            await client.create_task(VIDEO, model=MODEL)
     assert isinstance(caught.value.__cause__, cause)
-    assert received == 1
+    assert len(received) == 1
 
 
 @asyncio_only
@@ -331,3 +349,206 @@ async def test_aiohttp_transport_downloads_and_resumes(tmp_path: Path) -> None:
         path = await client.download(task_id, tmp_path)
     assert path.read_bytes() == emulator.video_bytes(task_id)
     assert [r.fault for r in emulator.requests].count("cut") == 2
+
+
+# The aiohttp transport's own requests: the same answers and errors as the default transport.
+
+#: Both transports, on asyncio (the aiohttp transport runs there only).
+both_transports = pytest.mark.parametrize(
+    ("anyio_backend", "transport"), [("asyncio", "httpx"), ("asyncio", "aiohttp")]
+)
+
+
+@both_transports
+async def test_a_status_error_is_the_same_on_both_transports(transport: str) -> None:
+    """A 404 and a 429 (with its Retry-After) become the same errors, with the server's
+    message, request ID and body, whichever transport carried them."""
+    needs_aiohttp()
+    emulator = Emulator(seed=1, timeline=QUICK, faults=Faults(rate_limit_rate=1.0, retry_after=7))
+    async with serving(emulator, transport=transport, max_retries=0) as (_, client):
+        with pytest.raises(RateLimitError) as limited:
+            await client.get_task(emulator.add_task(QUICK))
+        emulator.faults = Faults()
+        with pytest.raises(TaskNotFoundError) as missing:
+            await client.get_task("no-such-task")
+    assert limited.value.retry_after == 7
+    assert limited.value.status_code == 429
+    error = missing.value
+    assert (error.status_code, error.method) == (404, "GET")
+    assert error.url.endswith("/v1/result/no-such-task")
+    assert error.request_id is not None
+    assert error.request_id.startswith("req_")
+    assert isinstance(error.body, dict)
+    assert str(error).endswith(f"returned 404: {error.body['message']}")
+
+
+@both_transports
+async def test_a_status_error_masks_an_echoed_key(transport: str) -> None:
+    """A server echoing the key back in an error gets it masked, on both transports (the
+    aiohttp transport's error is built from a request carrying the key too)."""
+    needs_aiohttp()
+    key = "sk-" + "s3cret" * 4
+    body = b'{"message": "bad key ' + key.encode() + b'"}'
+    reply = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    async with (
+        raw_server(reply) as (base_url, _),
+        AsyncVSRClient(key, base_url=base_url, transport=transport, max_retries=0) as client,
+    ):
+        with pytest.raises(APIStatusError) as caught:
+            await client.get_task("task-1")
+    assert caught.value.status_code == 401
+    assert key not in str(caught.value)
+    assert key not in repr(caught.value.body)
+
+
+def answer_of(status: str, headers: list[str], body: bytes) -> bytes:
+    head = "".join(f"{h}\r\n" for h in [f"HTTP/1.1 {status}", *headers])
+    return head.encode() + b"\r\n" + body
+
+
+#: A body one byte over the bound, chunked (no Content-Length to refuse it by).
+CHUNKED_OVER = answer_of(
+    "200 OK",
+    ["Transfer-Encoding: chunked"],
+    b"%x\r\n%s\r\n0\r\n\r\n" % (MAX_RESPONSE_BYTES + 1, b"x" * (MAX_RESPONSE_BYTES + 1)),
+)
+
+
+@both_transports
+@pytest.mark.parametrize(
+    "reply",
+    [
+        answer_of("200 OK", [f"Content-Length: {MAX_RESPONSE_BYTES + 1}"], b"{}"),
+        CHUNKED_OVER,
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_an_answer_over_the_bound_is_refused(transport: str, reply: bytes) -> None:
+    """An answer larger than MAX_RESPONSE_BYTES is a ResponseValidationError, on both
+    transports: told by its Content-Length (its body never sent here), or read one byte past
+    the bound."""
+    needs_aiohttp()
+    async with (
+        raw_server(reply) as (base_url, _),
+        AsyncVSRClient("sk-test", base_url=base_url, transport=transport) as client,
+    ):
+        with anyio.fail_after(30), pytest.raises(ResponseValidationError, match="larger than"):
+            await client.get_task("task-1")
+
+
+@both_transports
+async def test_an_error_status_over_the_bound_is_still_the_status_error(transport: str) -> None:
+    """A 404 with a body over the bound is the TaskNotFoundError, its body dropped."""
+    needs_aiohttp()
+    reply = answer_of("404 Not Found", [f"Content-Length: {MAX_RESPONSE_BYTES + 1}"], b"")
+    async with (
+        raw_server(reply) as (base_url, _),
+        AsyncVSRClient("sk-test", base_url=base_url, transport=transport) as client,
+    ):
+        with pytest.raises(TaskNotFoundError) as caught:
+            await client.get_task("task-1")
+    assert caught.value.body is None
+
+
+@both_transports
+async def test_a_broken_content_encoding_is_a_validation_error(transport: str) -> None:
+    """A body that does not decode as its Content-Encoding says is garbage, not a dropped
+    connection: a ResponseValidationError on both transports (never retried as transient)."""
+    needs_aiohttp()
+    reply = answer_of("200 OK", ["Content-Encoding: gzip", "Content-Length: 9"], b"not gzip!")
+    async with (
+        raw_server(reply) as (base_url, received),
+        AsyncVSRClient("sk-test", base_url=base_url, transport=transport) as client,
+    ):
+        with pytest.raises(ResponseValidationError, match="could not be decoded"):
+            await client.get_task("task-1")
+    assert len(received) == 1
+
+
+@both_transports
+async def test_a_gzipped_answer_is_decoded(transport: str) -> None:
+    """A gzipped answer is read decoded, on both transports."""
+    needs_aiohttp()
+    body = gzip.compress(b'{"hello": "world"}')
+    reply = answer_of("200 OK", ["Content-Encoding: gzip", f"Content-Length: {len(body)}"], body)
+    async with (
+        raw_server(reply) as (base_url, _),
+        AsyncVSRClient("sk-test", base_url=base_url, transport=transport) as client,
+    ):
+        content = await client._session.send("GET", client._session.task_url("task-1"))
+    assert content == b'{"hello": "world"}'
+
+
+@both_transports
+async def test_a_redirect_is_not_followed(transport: str) -> None:
+    """A 3xx answer is an APIStatusError: neither transport follows it (with the key)."""
+    needs_aiohttp()
+    reply = answer_of(
+        "302 Found", ["Location: http://127.0.0.1:9/elsewhere", "Content-Length: 0"], b""
+    )
+    async with (
+        raw_server(reply) as (base_url, received),
+        AsyncVSRClient("sk-test", base_url=base_url, transport=transport, max_retries=0) as client,
+    ):
+        with pytest.raises(APIStatusError) as caught:
+            await client.get_task("task-1")
+    assert caught.value.status_code == 302
+    assert len(received) == 1
+
+
+@both_transports
+async def test_a_create_sends_the_same_request_on_both_transports(transport: str) -> None:
+    """A create's request carries the key, our headers and httpx's JSON encoding (compact,
+    UTF-8 as is), on either transport."""
+    needs_aiohttp()
+    body = b'{"code": 0, "data": {"taskId": "t-1"}}'
+    reply = answer_of("200 OK", [f"Content-Length: {len(body)}"], body)
+    async with (
+        raw_server(reply) as (base_url, received),
+        AsyncVSRClient("sk-test", base_url=base_url, transport=transport) as client,
+    ):
+        await client._session.send("POST", f"{base_url}/v1/x", json={"videoUrl": "é", "n": 1})
+    head, _, sent = received[0].partition(b"\r\n\r\n")
+    lines = head.decode().lower().split("\r\n")
+    assert lines[0] == "post /v1/x http/1.1"
+    assert "authorization: bearer sk-test" in lines
+    assert "content-type: application/json" in lines
+    assert "accept: application/json" in lines
+    assert any(line.startswith("user-agent: vsr-async/") for line in lines)
+    assert sent == '{"videoUrl":"é","n":1}'.encode()
+
+
+@asyncio_only
+async def test_aiohttp_transport_logs_each_request(caplog: pytest.LogCaptureFixture) -> None:
+    """The httpx logger's "HTTP Request:" line is kept on aiohttp's own requests, word for
+    word as the default transport logs it."""
+    needs_aiohttp()
+    emulator = Emulator(seed=1, timeline=QUICK)
+    task_id = emulator.add_task(QUICK)
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        async with EmulatorServer(emulator) as server:
+            for transport in ("httpx", "aiohttp"):
+                async with AsyncVSRClient(
+                    emulator.api_key, base_url=server.base_url, transport=transport
+                ) as client:
+                    await client.get_task(task_id)
+    ours, theirs = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert ours.startswith("HTTP Request: GET http://127.0.0.1:")
+    assert ours == theirs
+
+
+@asyncio_only
+async def test_aiohttp_transport_ignores_a_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """transport="aiohttp" goes straight to the API with HTTP_PROXY set, as it always has
+    (httpx mounts no proxy over a transport it is given): documented, and kept so."""
+    needs_aiohttp()
+    async with raw_server(b"") as (proxy_url, received):
+        for name in ("ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        async with serving(transport="aiohttp") as (emulator, client):
+            await client.get_task(emulator.add_task(QUICK))
+    assert len(emulator.requests) == 1
+    assert received == []

@@ -81,7 +81,8 @@ class AsyncVSRClient:
             apply, and we never close it.
         transport: For the client we create: ``"httpx"`` (the default, asyncio and trio) or
             ``"aiohttp"``, a cheaper transport for asyncio only, from the ``aiohttp`` extra
-            (``pip install 'vsr-async[aiohttp]'``). Not with ``http_client``.
+            (``pip install 'vsr-async[aiohttp]'``); it reads no proxy from the environment
+            (``HTTP_PROXY`` and the like). Not with ``http_client``.
         rate_limit: Requests per second, shared by everything the client sends (polls,
             queries, creates, downloads): a ceiling. With it or without (``None``, the
             default), the client learns the server's quota from its 429s and keeps under it

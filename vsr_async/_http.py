@@ -21,7 +21,7 @@ from ._config import MAX_RESPONSE_BYTES
 from ._errors import APIConnectionError, APITimeoutError, ResponseValidationError, VSRError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 
 def error_from_httpx(exc: httpx.HTTPError, what: str) -> VSRError:
@@ -78,6 +78,25 @@ def shown_url(url: str) -> str:
 _WIRE_HEADERS = (b"content-encoding", b"content-length", b"transfer-encoding")
 
 
+def answer_response(
+    request: httpx.Request,
+    status: int,
+    reason: str,
+    headers: Mapping[str, str],
+    content: bytes,
+) -> httpx.Response:
+    """A closed `httpx.Response` around an answer read without httpx (aiohttp's): what
+    `APIStatusError.from_response` reads. Built only for an error status, which is rare."""
+    wire = {name.decode() for name in _WIRE_HEADERS}
+    return httpx.Response(
+        status,
+        headers=[(k, v) for k, v in headers.items() if k.lower() not in wire],
+        content=content,
+        request=request,
+        extensions={"reason_phrase": reason.encode("latin-1", "replace")},
+    )
+
+
 def with_content(response: httpx.Response, content: bytes) -> httpx.Response:
     """The closed, streamed ``response`` rebuilt around its decoded ``content``."""
     headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _WIRE_HEADERS]
@@ -88,6 +107,17 @@ def with_content(response: httpx.Response, content: bytes) -> httpx.Response:
         request=response.request,
         extensions=response.extensions,
     )
+
+
+def text_appender(url: httpx.URL) -> Callable[[str], str]:
+    """`url_appender` for a sender that takes URLs as text (aiohttp's): the text of the URL
+    httpx would build, without building one."""
+    prefix = str(url)  # (as httpx normalises it, once)
+
+    def appended(segment: str) -> str:
+        return prefix + quote(segment, safe="")
+
+    return appended
 
 
 # -- httpx's internals: each use, and only here ------------------------------------------------
@@ -108,17 +138,27 @@ def default_transport(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
     return client._transport
 
 
+#: The line httpx's ``send()`` logs for each request.
+_SENT_LINE = 'HTTP Request: %s %s "%s %d %s"'
+
+
 def log_sent(request: httpx.Request, response: httpx.Response) -> None:
     """Log the line httpx's ``send()`` logs, for a request sent to its transport directly."""
     if _httpx_logger.isEnabledFor(logging.INFO):
         _httpx_logger.info(
-            'HTTP Request: %s %s "%s %d %s"',
+            _SENT_LINE,
             request.method,
             request.url,
             response.http_version,
             response.status_code,
             response.reason_phrase,
         )
+
+
+def log_answered(method: str, url: str, status: int, reason: str) -> None:
+    """Log the line httpx's ``send()`` logs, for a request sent without httpx (HTTP/1.1)."""
+    if _httpx_logger.isEnabledFor(logging.INFO):
+        _httpx_logger.info(_SENT_LINE, method, url, "HTTP/1.1", status, reason)
 
 
 #: An ID with every kind of character the URL must encode, to check the fast URLs against.

@@ -21,11 +21,14 @@ from ._config import DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, USER_AGENT
 from ._errors import APIStatusError, APITimeoutError, ResponseValidationError, VSRError
 from ._hooks import RequestDetails, RetryDetails
 from ._http import (
+    answer_response,
     default_transport,
     error_from_httpx,
+    log_answered,
     log_sent,
     read_bounded,
     shown_url,
+    text_appender,
     transport_for,
     url_appender,
     with_content,
@@ -36,6 +39,7 @@ from ._retry import is_transient
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 
+    from ._aiohttp import AiohttpWire
     from ._hooks import Guarded
     from ._retry import RetryPolicy
 
@@ -76,10 +80,10 @@ class Session:
         # every request's path); for the caller's, our headers, and our timeout if asked for.
         self._headers: httpx.Headers | None = None
         self._timeout: dict[str, Any] = {}  # passed as build_request(**it): httpx types it so
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         if http_client is None:
-            limits = httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            )
             http_client = httpx.AsyncClient(
                 headers=headers,
                 timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
@@ -107,6 +111,15 @@ class Session:
             else []
         )
         self._slots = tuple(self._free_slots)  # to close
+        # transport="aiohttp": the API's requests on aiohttp's own request and response, not
+        # httpx's around them; downloads keep the httpx client, on httpx-aiohttp's transport.
+        # Neither reads a proxy from the environment (httpx mounts none over a transport given).
+        self._wire = (
+            _aiohttp_wire(headers, limits, http_client.timeout, _attempt_seconds(timeouts))
+            if transport == "aiohttp"
+            else None
+        )
+        self._attempt = self._send if self._wire is None else self._send_wire
         self._timeout_extension = http_client.timeout.as_dict()
         # A GET to the API's host: the headers httpx.Request would merge for it, merged once.
         api = httpx.URL(self.base_url)
@@ -116,7 +129,11 @@ class Session:
         self.attempt_timeout = _attempt_seconds(timeouts)
         # In front of httpx, so a thousand callers queue here instead of timing out in its pool.
         self._limiter = anyio.CapacityLimiter(max_connections)
-        self.task_url = url_appender(httpx.URL(f"{self.base_url}/v1/result/"))
+        results = httpx.URL(f"{self.base_url}/v1/result/")
+        # A poll's URL: as aiohttp takes it, text, for the aiohttp wire (no httpx.URL made).
+        self.task_url: Callable[[str], str | httpx.URL] = (
+            url_appender(results) if self._wire is None else text_appender(results)
+        )
         self._task_path = httpx.URL(f"{self.base_url}/v1/result/").path
         self._base_path = httpx.URL(self.base_url).path
         self.closed = False
@@ -128,6 +145,8 @@ class Session:
             if self.owns_http_client:
                 async with contextlib.AsyncExitStack() as stack:  # each closed, come what may
                     stack.push_async_callback(self._http.aclose)
+                    if self._wire is not None:
+                        stack.push_async_callback(self._wire.aclose)
                     for slot in self._slots:
                         stack.push_async_callback(slot.aclose)
 
@@ -183,14 +202,14 @@ class Session:
 
         Without hooks, the attempt's own coroutine: no frame added to each of a poll's awaits."""
         if self.hooks is None:
-            return self._send(method, url, json, None)
+            return self._attempt(method, url, json, None)
         return self._send_told(method, url, json)
 
     async def _send_told(self, method: str, url: str | httpx.URL, json: Any) -> bytes:
         """`send`, its attempt told to the hooks."""
         attempt = _Attempt(anyio.current_time())
         try:
-            content = await self._send(method, url, json, attempt)
+            content = await self._attempt(method, url, json, attempt)
         except VSRError as exc:
             self._told(method, self.endpoint(url), attempt, exc)
             raise
@@ -248,6 +267,59 @@ class Session:
         if not response.is_success:
             raise APIStatusError.from_response(with_content(response, content))
         return content  # no Response rebuilt around it: the caller only parses it
+
+    async def _send_wire(
+        self, method: str, url: str | httpx.URL, json: Any, attempt: _Attempt | None
+    ) -> bytes:
+        """`_send` on aiohttp's own request and response (`AiohttpWire`): the same slot, token,
+        deadline (kept by the wire's timer), errors and budget report, without httpx's objects
+        (an `httpx.Response` is built only for an error status, for
+        `APIStatusError.from_response`).
+
+        A copy of `_send`'s steps rather than a shared helper: a helper's frame would be paid
+        on every poll of the default transport too."""
+        assert self._wire is not None  # noqa: S101 (chosen only with one)
+        self.check_open()
+        url = str(url)
+        limiter = self._limiter
+        try:
+            try:  # a free slot without checkpoints, as in `_send`
+                limiter.acquire_nowait()
+            except anyio.WouldBlock:
+                await limiter.acquire()
+            try:
+                if attempt is not None:
+                    attempt.started = anyio.current_time()  # the rate wait starts
+                sent_at = await self.budget.acquire()
+                if attempt is not None:
+                    attempt.sent_at = sent_at
+                answer = await self._wire.send(method, url, json)
+            finally:
+                limiter.release()
+        except TimeoutError as exc:  # our deadline for the whole attempt
+            seconds = self.attempt_timeout
+            raise APITimeoutError(
+                f"{method} {url} timed out (no whole answer in {seconds:g} s)"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise error_from_httpx(exc, f"{method} {url}") from exc
+        status, reason, headers, content, whole = answer
+        log_answered(method, url, status, reason)
+        success = 200 <= status < 300
+        if not whole:
+            why = f"the answer is larger than {MAX_RESPONSE_BYTES} bytes, the most we read"
+            if success:
+                raise ResponseValidationError.from_body(why, content, secret=self.secret)
+            content = b""  # the status is the error; a body that size would say nothing more
+        self.budget.answered(sent_at, status, None if success else headers.get("retry-after"))
+        if attempt is not None:
+            attempt.status_code = status
+        if not success:
+            request = httpx.Request(method, url, headers=self._http.headers)  # (the key, to mask)
+            raise APIStatusError.from_response(
+                answer_response(request, status, reason, headers, content)
+            )
+        return content
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -389,6 +461,20 @@ def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
     from ._aiohttp import aiohttp_transport  # noqa: PLC0415 (the aiohttp extra is optional)
 
     return aiohttp_transport(limits)
+
+
+def _aiohttp_wire(
+    headers: Mapping[str, str], limits: httpx.Limits, timeout: httpx.Timeout, deadline: float
+) -> AiohttpWire:
+    from ._aiohttp import AiohttpWire  # noqa: PLC0415 (the aiohttp extra is optional)
+
+    return AiohttpWire(
+        headers=headers,
+        limits=limits,
+        timeout=timeout,
+        deadline=deadline,
+        max_bytes=MAX_RESPONSE_BYTES,
+    )
 
 
 def _attempt_seconds(timeout: httpx.Timeout) -> float:
