@@ -36,6 +36,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from ._config import (
@@ -270,6 +271,9 @@ class Scheduler:
                     idle = self._parked.popleft()
                     idle.record = self._take(now)
                     idle.woken.set()
+                    # Its poll starts before the next one's, even where woken tasks run in any
+                    # order (trio): polls go out in the order they were due.
+                    await anyio.lowlevel.checkpoint()
                     continue
                 self._starved = True  # until a worker parks: the first one done takes it
                 try:
