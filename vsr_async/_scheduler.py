@@ -287,21 +287,29 @@ class Scheduler:
                 await self._wait_changed()
 
     async def _work(self) -> None:
+        """Poll due records, one at a time. One cancel scope serves a worker's polls until one
+        of them is cancelled (its task dropped, see `_drop`): one per poll cost more than the
+        heap."""
         while True:
-            now = anyio.current_time()
-            record = self._take(now)
-            if record is None:  # nothing due: wait for the dispatcher to hand one over
-                idle = _Idle()
-                self._parked.append(idle)
-                if self._starved and self._changed is not None:
-                    self._changed.set()
-                await idle.woken.wait()
-                record, now = idle.record, anyio.current_time()
-            if record is not None and record.subscribers:  # (else dropped since handed over)
-                try:
-                    await self._poll(record, now)
-                except Exception as exc:  # noqa: BLE001 (401/403, a closed client, a bug)
-                    self._fail_all(exc)
+            with anyio.CancelScope() as scope:
+                while not scope.cancel_called:  # (a cancel that came after the answer)
+                    await self._work_once(scope)
+
+    async def _work_once(self, scope: anyio.CancelScope) -> None:
+        now = anyio.current_time()
+        record = self._take(now)
+        if record is None:  # nothing due: wait for the dispatcher to hand one over
+            idle = _Idle()
+            self._parked.append(idle)
+            if self._starved and self._changed is not None:
+                self._changed.set()
+            await idle.woken.wait()
+            record, now = idle.record, anyio.current_time()
+        if record is not None and record.subscribers:  # (else dropped since handed over)
+            try:
+                await self._poll(record, now, scope)
+            except Exception as exc:  # noqa: BLE001 (401/403, a closed client, a bug)
+                self._fail_all(exc)
 
     def _settle(self, now: float) -> _Record | None:
         """Deal with the due entries that need no worker (stale ones, deadlines, records due
@@ -330,11 +338,12 @@ class Scheduler:
             record.version += 1  # (in a worker's hands: no other entry counts meanwhile)
         return record
 
-    async def _poll(self, record: _Record, now: float) -> None:
+    async def _poll(self, record: _Record, now: float, scope: anyio.CancelScope) -> None:
+        """Poll ``record`` in the worker's ``scope``, which `_drop` cancels if it must."""
         waiting, record.waiting = record.waiting, []
         try:
-            with anyio.CancelScope() as record.polling:
-                task = await self._send_poll(record, now)
+            record.polling = scope
+            task = await self._send_poll(record, now)
         except (AuthenticationError, PermissionDeniedError):
             raise  # the key is bad for every task: _work ends every subscription with it
         except VSRError as exc:
