@@ -1,11 +1,12 @@
 """The scheduler: one heap of due polls, a bounded set of workers, and the subscribers of each task.
 
 A watched task is a small record in a heap ordered by when it is next due, not a coroutine:
-a dispatcher pops due records and hands them to ``workers`` workers, which poll once and push
-the record back. Watches and waits do not poll: they subscribe to task IDs. One poll per task
-per interval serves every subscriber of that task (the shortest interval asked wins), and each
-subscriber is told of every answer through `Subscriber.observe`, which never waits: a task has
-few transitions, so what a slow consumer has not taken yet stays small, and it holds up no one.
+``workers`` workers take due records from it, poll once and push the record back, and a
+dispatcher keeps the clock (deadlines, and due records for idle workers). Watches and waits
+do not poll: they subscribe to task IDs. One poll per task per interval serves every subscriber
+of that task (the shortest interval asked wins), and each subscriber is told of every answer
+through `Subscriber.observe`, which never waits: a task has few transitions, so what a slow
+consumer has not taken yet stays small, and it holds up no one.
 
 A subscriber's ``timeout`` counts from the first poll of the task after it subscribed (so a
 task waiting behind thousands of others, or behind the rate budget, is never given up unasked),
@@ -20,11 +21,12 @@ task), else no sooner than its interval; the session's rate budget learns from e
 A task refused with a 429 did not use its turn: after its wait it is polled in the place in
 line it had, ahead of the tasks that became due after it (held apart until then, see `_hold`).
 When the budget pauses every request of the client (a ``Retry-After`` of `PAUSE_RETRY_AFTER` or
-more), the dispatcher holds due records until the pause ends.
+more), due records are held until the pause ends.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -34,6 +36,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from ._config import (
@@ -62,7 +65,7 @@ from ._retry import is_transient
 from ._validate import check_seconds
 
 if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from collections.abc import Collection
 
     from ._hooks import Hooks
     from ._models import Task
@@ -166,6 +169,14 @@ class _Expiry:
     record: _Record
 
 
+@attrs.define(eq=False)
+class _Idle:
+    """A worker waiting for the dispatcher to hand it a record."""
+
+    woken: anyio.Event = attrs.Factory(anyio.Event)
+    record: _Record | None = None
+
+
 class Scheduler:
     """The heap, the workers and the subscriptions; `run` polls until cancelled."""
 
@@ -182,6 +193,8 @@ class Scheduler:
         self._order = itertools.count()  # ties in the heap go to the first scheduled
         self._warned_at = -math.inf  # when we last warned of polls failing again and again
         self._changed: anyio.Event | None = None
+        self._parked: collections.deque[_Idle] = collections.deque()  # workers with no record
+        self._starved = False  # a record is due and every worker busy (see _dispatch)
         self._in_flight = self._polls = self._retries = self._rate_limited = 0
         self._meter: _Meter | None = None
         self._quick_tokens = QUICK_RETRY_BURST  # quick retries allowed now (a retry budget)
@@ -242,48 +255,95 @@ class Scheduler:
         """Poll due tasks until cancelled (by whoever hosts the scheduler)."""
         self._changed = anyio.Event()
         self._meter = self._meter or _Meter(anyio.current_time())
-        jobs_in, jobs_out = anyio.create_memory_object_stream[_Record]()
-        async with anyio.create_task_group() as task_group, jobs_in, jobs_out:
+        async with anyio.create_task_group() as task_group:
             for _ in range(self._workers):
-                task_group.start_soon(self._work, jobs_out.clone())
-            await self._dispatch(jobs_in)
+                task_group.start_soon(self._work)
+            await self._dispatch()
 
-    async def _dispatch(self, jobs: MemoryObjectSendStream[_Record]) -> None:
+    async def _dispatch(self) -> None:
+        """Keep the clock: give up deadlines, and hand due records to idle workers. A busy
+        worker takes its next record itself (`_take`), so while every worker is busy the
+        dispatcher sleeps: no handover per poll (a stream's cost more than the heap's)."""
         while True:
             now = anyio.current_time()
-            self._release(now)
-            due = self._due[0][0] if self._due else math.inf
-            if due > now:
-                held = self._held[0][0] if self._held else math.inf
-                with anyio.move_on_after(min(due, held) - now):
+            if self._settle(now) is not None:  # a record is due
+                if self._parked:
+                    idle = self._parked.popleft()
+                    idle.record = self._take(now)
+                    idle.woken.set()
+                    # Its poll starts before the next one's, even where woken tasks run in any
+                    # order (trio): polls go out in the order they were due.
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                self._starved = True  # until a worker parks: the first one done takes it
+                try:
                     await self._wait_changed()
+                finally:
+                    self._starved = False
                 continue
-            _, _, item, version = heapq.heappop(self._due)
-            if not self._live(item, version):
-                continue
-            if isinstance(item, _Expiry):
-                self._expire(item)
-            elif (pause := self._budget.paused_for()) > 0:
+            due = self._due[0][0] if self._due else math.inf
+            held = self._held[0][0] if self._held else math.inf
+            with anyio.move_on_after(min(due, held) - now):
+                await self._wait_changed()
+
+    async def _work(self) -> None:
+        """Poll due records, one at a time. One cancel scope serves a worker's polls until one
+        of them is cancelled (its task dropped, see `_drop`): one per poll cost more than the
+        heap."""
+        while True:
+            with anyio.CancelScope() as scope:
+                while not scope.cancel_called:  # (a cancel that came after the answer)
+                    await self._work_once(scope)
+
+    async def _work_once(self, scope: anyio.CancelScope) -> None:
+        now = anyio.current_time()
+        record = self._take(now)
+        if record is None:  # nothing due: wait for the dispatcher to hand one over
+            idle = _Idle()
+            self._parked.append(idle)
+            if self._starved and self._changed is not None:
+                self._changed.set()
+            await idle.woken.wait()
+            record, now = idle.record, anyio.current_time()
+        if record is not None and record.subscribers:  # (else dropped since handed over)
+            try:
+                await self._poll(record, now, scope)
+            except Exception as exc:  # noqa: BLE001 (401/403, a closed client, a bug)
+                self._fail_all(exc)
+
+    def _settle(self, now: float) -> _Record | None:
+        """Deal with the due entries that need no worker (stale ones, deadlines, records due
+        during a pause: due again at its end), up to the first due record to poll, which is
+        returned and left in line (``None`` if there is none)."""
+        self._release(now)
+        while self._due and self._due[0][0] <= now:
+            _, _, item, version = self._due[0]
+            if isinstance(item, _Record) and version == item.version:
+                if (pause := self._budget.paused_for()) <= 0:
+                    return item
                 item.version += 1  # due again when it ends (and late since it was due)
+                heapq.heappop(self._due)
                 self._push(now + pause, item, item.version)
-            else:
-                item.version += 1  # (in a worker's hands: no other entry counts meanwhile)
-                await jobs.send(item)
+                continue
+            heapq.heappop(self._due)
+            if isinstance(item, _Expiry) and self._live(item, version):
+                self._expire(item)
+        return None
 
-    async def _work(self, jobs: MemoryObjectReceiveStream[_Record]) -> None:
-        async with jobs:
-            async for record in jobs:
-                if record.subscribers:
-                    try:
-                        await self._poll(record)
-                    except Exception as exc:  # noqa: BLE001 (401/403, a closed client, a bug)
-                        self._fail_all(exc)
+    def _take(self, now: float) -> _Record | None:
+        """The first due record, out of line (see `_settle`), or ``None``."""
+        record = self._settle(now)
+        if record is not None:
+            heapq.heappop(self._due)
+            record.version += 1  # (in a worker's hands: no other entry counts meanwhile)
+        return record
 
-    async def _poll(self, record: _Record) -> None:
+    async def _poll(self, record: _Record, now: float, scope: anyio.CancelScope) -> None:
+        """Poll ``record`` in the worker's ``scope``, which `_drop` cancels if it must."""
         waiting, record.waiting = record.waiting, []
         try:
-            with anyio.CancelScope() as record.polling:
-                task = await self._send_poll(record)
+            record.polling = scope
+            task = await self._send_poll(record, now)
         except (AuthenticationError, PermissionDeniedError):
             raise  # the key is bad for every task: _work ends every subscription with it
         except VSRError as exc:
@@ -295,7 +355,7 @@ class Scheduler:
                 record.unwound.set()
             # The first poll since they came is over: their deadlines start. (Not before its
             # answer: a task waiting for its turn or for a token is never given up unasked.)
-            now = anyio.current_time()
+            now = anyio.current_time() if waiting else now
             for subscriber in waiting:
                 if subscriber in record.subscribers:
                     self._push(now + subscriber.timeout, _Expiry(subscriber, record), 0)
@@ -306,8 +366,9 @@ class Scheduler:
         """Tell the subscribers of a poll's answer, and schedule the next one."""
         previous = None if record.task is None else record.task.status
         record.task, record.failures, record.malformed = task, 0, 0
+        now = anyio.current_time()
         if previous is None or task.status.casefold() != previous.casefold():
-            record.since = anyio.current_time()
+            record.since = now
             if self._hooks is not None:
                 watchers = tuple(record.subscribers)
                 details = TransitionDetails(record.task_id, previous, task, watchers)
@@ -317,14 +378,13 @@ class Scheduler:
         if task.is_terminal:
             self._drop(record)
         else:
-            now = anyio.current_time()
             self._schedule(record, now + self._next_interval(record, now))
 
-    async def _send_poll(self, record: _Record) -> Task:
+    async def _send_poll(self, record: _Record, now: float) -> Task:
         assert self._meter is not None  # noqa: S101
         self._polls += 1
         self._in_flight += 1
-        self._meter.hit(anyio.current_time())
+        self._meter.hit(now)
         try:
             if self._hooks is None:
                 return await self._tasks.fetch(record.task_id)
@@ -370,7 +430,9 @@ class Scheduler:
     def _next_interval(self, record: _Record, now: float) -> float:
         """The shortest interval its subscribers' schedules ask for now, with jitter."""
         elapsed = now - record.since
-        schedules = {id(s): s for s in record.subscribers.values()}.values()
+        schedules: Collection[Schedule] = record.subscribers.values()
+        if len(schedules) > 1:  # (many subscribers often share one schedule: asked once)
+            schedules = {id(s): s for s in schedules}.values()
         interval = min(s.next_interval(elapsed) for s in schedules)
         interval = check_seconds("the schedule's interval", interval)
         return interval * random.uniform(1 - JITTER, 1 + JITTER)
@@ -492,8 +554,9 @@ class Scheduler:
             self._due = [entry for entry in self._due if self._live(*entry[2:])]
             heapq.heapify(self._due)
         order = next(self._order)
+        sooner = not self._due or when < self._due[0][0]  # (else no one waits for less)
         heapq.heappush(self._due, (when, order, item, version))
-        if self._changed is not None:
+        if sooner and self._changed is not None:
             self._changed.set()
         return when, order
 
