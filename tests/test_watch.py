@@ -35,10 +35,12 @@ import vsr_async._scheduler
 from vsr_async import (
     AsyncVSRClient,
     AuthenticationError,
+    Hooks,
     Model,
     PermissionDeniedError,
     RateLimitError,
     ResponseValidationError,
+    RetryDetails,
     TaskNotFoundError,
     TaskStatus,
     Transition,
@@ -47,6 +49,7 @@ from vsr_async import (
 )
 from vsr_async._config import (
     JITTER,
+    MAX_FAILING_INTERVALS,
     MAX_MALFORMED,
     QUICK_RETRIES,
     QUICK_RETRY_BURST,
@@ -485,6 +488,39 @@ async def test_a_failed_poll_is_retried_soon_then_no_sooner_than_the_interval(
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
     assert all(gap < interval / 2 for gap in gaps[:QUICK_RETRIES]), gaps  # backoff: ms
     assert gaps[QUICK_RETRIES] >= interval * (1 - JITTER) - 1e-3, gaps
+
+
+async def test_a_failing_tasks_backoff_stops_at_two_intervals_but_a_retry_after_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task failing many times in a row is polled again after its backoff, but never more
+    than MAX_FAILING_INTERVALS of its interval later (the defect: 4 s, then 8 s, at an
+    interval of 0.3 s); a server's Retry-After is waited out whole. Backoff drawn at its
+    longest; the delays are the scheduler's own, as told to the hooks."""
+    monkeypatch.setattr(vsr_async._retry.backoff, "full_jitter", lambda value: value)
+    emulator = Emulator()
+    task_id = emulator.add_task(Timeline.completed(queued=0, processing=0))
+    busy = json_answer(503, {"message": "busy"})
+    later = json_answer(503, {"message": "busy"}, (b"retry-after", b"2"))
+    failing = QUICK_RETRIES + 4
+    proxy = Proxy(
+        emulator, lambda _task_id, n: later if n == failing else busy if n < failing else None
+    )
+    delays: list[float] = []
+
+    class Delays(Hooks):
+        def on_retry(self, details: RetryDetails) -> None:
+            delays.append(details.delay)
+
+    interval = 0.3
+    async with serve(proxy, hooks=Delays()) as client:
+        with anyio.fail_after(60):
+            transitions = await collect(client, [task_id], interval=interval)
+    assert [t.status for t in transitions if t.is_final] == [TaskStatus.COMPLETED]
+    assert len(delays) == failing
+    longest = MAX_FAILING_INTERVALS * interval * (1 + JITTER)
+    assert all(interval * (1 - JITTER) <= d <= longest for d in delays[:-1]), delays
+    assert 2.0 <= delays[-1] <= 2.0 * (1 + RETRY_AFTER_JITTER), delays
 
 
 @pytest.mark.parametrize("fault", ["5xx", "dropped"])

@@ -51,6 +51,11 @@ QUICK_RETRY_SHARE = 0.2
 #: blip are retried quickly however few polls came before them (one task failing
 #: `QUICK_RETRIES` times in a row, a dozen at once).
 QUICK_RETRY_BURST = 10.0
+#: A failing task's backoff stops growing at this many of its intervals (a server's
+#: ``Retry-After`` excepted): one task in a hundred fails four times in a row when a quarter
+#: of polls fail, and an 8 s backoff would leave it unseen for 8 intervals of 1 s; within two,
+#: an outage still halves the polls. Intervals of `BACKOFF_MAX` / 2 or more never meet it.
+MAX_FAILING_INTERVALS = 2.0
 #: A task's retry after a ``Retry-After`` shorter than `PAUSE_RETRY_AFTER` waits up to this
 #: share of it longer (never less than the server asked): tasks refused together come back
 #: spread over a fifth of the wait, not in one herd that the server refuses again.

@@ -17,7 +17,8 @@ record is dropped and a poll of it in flight is cancelled. A task whose poll fai
 lengthened by up to `RETRY_AFTER_JITTER`) or backoff, sooner than its interval for its first
 `QUICK_RETRIES` failures in a row while quick retries are at most `QUICK_RETRY_SHARE` of the
 polls (a retry budget: an outage, where every poll fails, is not met with several polls per
-task), else no sooner than its interval; the session's rate budget learns from every answer.
+task), else no sooner than its interval, and (but for a ``Retry-After``) no later than
+`MAX_FAILING_INTERVALS` of it; the session's rate budget learns from every answer.
 A task refused with a 429 did not use its turn: after its wait it is polled in the place in
 line it had, ahead of the tasks that became due after it (held apart until then, see `_hold`).
 When the budget pauses every request of the client (a ``Retry-After`` of `PAUSE_RETRY_AFTER` or
@@ -41,6 +42,7 @@ import attrs
 
 from ._config import (
     JITTER,
+    MAX_FAILING_INTERVALS,
     MAX_MALFORMED,
     PAUSE_RETRY_AFTER,
     QUICK_RETRIES,
@@ -464,6 +466,8 @@ class Scheduler:
             record.failures > QUICK_RETRIES or not (refused or self._spend_quick_retry())
         ):
             delay = interval
+        elif retry_after is None:
+            delay = min(delay, MAX_FAILING_INTERVALS * interval)  # a run of bad luck, not years
         logger.debug("polling %r failed (%s); again in %.2f s", record.task_id, exc, delay)
         if self._hooks is not None:
             details = RetryDetails(
