@@ -467,7 +467,7 @@ class Scheduler:
         ):
             delay = interval
         elif retry_after is None:
-            delay = min(delay, MAX_FAILING_INTERVALS * interval)  # a run of bad luck, not years
+            delay = min(delay, MAX_FAILING_INTERVALS * interval)  # bad luck, not an outage
         logger.debug("polling %r failed (%s); again in %.2f s", record.task_id, exc, delay)
         if self._hooks is not None:
             details = RetryDetails(
