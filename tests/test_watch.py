@@ -692,6 +692,35 @@ async def test_a_poll_caught_by_a_pause_in_flight_still_times_out() -> None:
     assert len(emulator.polls(task_id)) == 1
 
 
+async def test_a_deadline_fires_on_time_while_the_only_worker_is_stuck_in_a_poll() -> None:
+    """Two tasks due at once and one connection: the worker polls the first, then takes the
+    second from the heap itself, and that poll hangs. The first task's deadline still gives
+    it up when it comes (the defect: the dispatcher, waiting for a worker to come free for
+    the second, slept without a timer until the hung poll ended)."""
+    emulator = Emulator()
+    quick, stuck = emulator.add_task(FOREVER), emulator.add_task(FOREVER)
+    release = anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith(f"/{stuck}"):
+            await release.wait()  # the poll hangs until the test is over
+        await emulator(scope, receive, send)
+
+    app.prefix = emulator.prefix  # type: ignore[attr-defined]
+    async with serve(app, max_connections=1) as client:  # type: ignore[arg-type]
+        with anyio.fail_after(30):  # the hung poll's own deadline is 40 s
+            async with (
+                client.watch([quick], interval=60.0, timeout=1.0) as watcher,
+                client.watch([stuck], interval=60.0),
+            ):
+                first = await watcher.__anext__()
+                last = await watcher.__anext__()
+                release.set()
+    assert first.previous is None
+    assert isinstance(last.error, WaitTimeoutError)
+    assert len(emulator.polls(quick)) == 1
+
+
 @pytest.mark.parametrize("limit", ["concurrency", "rate"])
 async def test_no_task_is_given_up_before_its_first_poll(limit: str) -> None:
     """Far more tasks than the concurrency (or the rate budget) can poll within the timeout:

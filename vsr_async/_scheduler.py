@@ -338,6 +338,12 @@ class Scheduler:
         if record is not None:
             heapq.heappop(self._due)
             record.version += 1  # (in a worker's hands: no other entry counts meanwhile)
+            if self._starved and not (self._due and self._due[0][0] <= now):
+                # The dispatcher waits, without a timer, for a worker to take what was due:
+                # once nothing is, it must go back to keeping the clock (a deadline may come
+                # while every worker is busy). (Not per poll while polls are still due.)
+                assert self._changed is not None  # noqa: S101 (set while it runs)
+                self._changed.set()
         return record
 
     async def _poll(self, record: _Record, now: float, scope: anyio.CancelScope) -> None:
@@ -467,7 +473,7 @@ class Scheduler:
         ):
             delay = interval
         elif retry_after is None:
-            delay = min(delay, MAX_FAILING_INTERVALS * interval)  # bad luck, not an outage
+            delay = min(delay, MAX_FAILING_INTERVALS * interval)  # (an outage too: half the polls)
         logger.debug("polling %r failed (%s); again in %.2f s", record.task_id, exc, delay)
         if self._hooks is not None:
             details = RetryDetails(
