@@ -49,15 +49,16 @@ def test_default_transport_is_the_one_the_client_was_made_with() -> None:
     assert transport_for(plain, httpx.URL("https://api.example/")) is default_transport(plain)
 
 
-@pytest.mark.parametrize(
-    "base",
-    [
-        "https://api.example/root/v1/result/",
-        "http://127.0.0.1:8080/v1/result/",
-        "https://xn--bcher-kva.example/a%20b/v1/result/",
-        "https://[::1]:443/p/v1/result/",
-    ],
-)
+#: Results URLs of every shape a base URL gives: a path, a port, an IDN host, IPv6.
+RESULT_URLS = [
+    "https://api.example/root/v1/result/",
+    "http://127.0.0.1:8080/v1/result/",
+    "https://xn--bcher-kva.example/a%20b/v1/result/",
+    "https://[::1]:443/p/v1/result/",
+]
+
+
+@pytest.mark.parametrize("base", RESULT_URLS)
 def test_the_fast_url_is_the_one_httpx_parses(base: str) -> None:
     """The appender builds on httpx's parsed URL (its private ``_uri_reference``), and the URL
     it builds is the one httpx would parse, for IDs with every kind of character to encode.
@@ -74,15 +75,7 @@ def test_the_fast_url_is_the_one_httpx_parses(base: str) -> None:
         assert fast.port == parsed.port
 
 
-@pytest.mark.parametrize(
-    "base",
-    [
-        "https://api.example/root/v1/result/",
-        "http://127.0.0.1:8080/v1/result/",
-        "https://xn--bcher-kva.example/a%20b/v1/result/",
-        "https://[::1]:443/p/v1/result/",
-    ],
-)
+@pytest.mark.parametrize("base", RESULT_URLS)
 def test_the_text_url_is_the_one_httpx_builds(base: str) -> None:
     """The aiohttp wire's URLs, appended as text, are the text of httpx's URLs."""
     as_text, as_url = text_appender(httpx.URL(base)), url_appender(httpx.URL(base))

@@ -268,10 +268,10 @@ class Scheduler:
         dispatcher sleeps: no handover per poll (a stream's cost more than the heap's)."""
         while True:
             now = anyio.current_time()
-            if self._settle(now) is not None:  # a record is due
+            if (record := self._settle(now)) is not None:  # a record is due
                 if self._parked:
                     idle = self._parked.popleft()
-                    idle.record = self._take(now)
+                    idle.record = self._pop(record, now)
                     idle.woken.set()
                     # Its poll starts before the next one's, even where woken tasks run in any
                     # order (trio): polls go out in the order they were due.
@@ -335,15 +335,18 @@ class Scheduler:
     def _take(self, now: float) -> _Record | None:
         """The first due record, out of line (see `_settle`), or ``None``."""
         record = self._settle(now)
-        if record is not None:
-            heapq.heappop(self._due)
-            record.version += 1  # (in a worker's hands: no other entry counts meanwhile)
-            if self._starved and not (self._due and self._due[0][0] <= now):
-                # The dispatcher waits, without a timer, for a worker to take what was due:
-                # once nothing is, it must go back to keeping the clock (a deadline may come
-                # while every worker is busy). (Not per poll while polls are still due.)
-                assert self._changed is not None  # noqa: S101 (set while it runs)
-                self._changed.set()
+        return None if record is None else self._pop(record, now)
+
+    def _pop(self, record: _Record, now: float) -> _Record:
+        """Take ``record``, the first due one as `_settle` returned it, out of line."""
+        heapq.heappop(self._due)
+        record.version += 1  # (in a worker's hands: no other entry counts meanwhile)
+        if self._starved and not (self._due and self._due[0][0] <= now):
+            # The dispatcher waits, without a timer, for a worker to take what was due:
+            # once nothing is, it must go back to keeping the clock (a deadline may come
+            # while every worker is busy). (Not per poll while polls are still due.)
+            assert self._changed is not None  # noqa: S101 (set while it runs)
+            self._changed.set()
         return record
 
     async def _poll(self, record: _Record, now: float, scope: anyio.CancelScope) -> None:
